@@ -1,0 +1,27 @@
+//! The error type of the hardware models.
+
+use crate::spec::SpecError;
+
+/// Errors of the hardware models: a bad spec, shapes that do not fit together, an
+/// unsupported dtype, or a layer too large to simulate.
+#[derive(Debug, thiserror::Error)]
+pub enum HwError {
+    /// The hardware spec string is invalid.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Input and weight shapes do not fit the layer.
+    #[error("{0}")]
+    Shape(String),
+    /// A tensor has a dtype the kernel does not take.
+    #[error("{0}")]
+    DType(String),
+    /// The layer is larger than the simulator's limits.
+    #[error("{0}")]
+    TooLarge(String),
+    /// An error from candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result with [`HwError`].
+pub type Result<T> = std::result::Result<T, HwError>;

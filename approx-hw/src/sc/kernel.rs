@@ -1,0 +1,412 @@
+//! The fast, bit-exact SC conv kernel.
+//!
+//! Layout: the streams of one image are a padded, channels-last tensor
+//! `[Hp][Wp][pixel words]` and the weights `[O][polarity][KH][KW][pixel words]`, so
+//! that one row of a receptive field (KW pixels) is one contiguous run of words lining
+//! up with the matching weight run: an implicit im2col, without copies. The kernel
+//! walks these runs 8 words (512 cycles·channels) at a time and keeps, for a tile of
+//! MR output pixels × NR output channels × 2 polarities, one [`Counter`] each in
+//! registers, so every activation vector is used 2·NR times and every weight vector MR
+//! times. Images are processed in chunks; rayon splits each chunk's output pixels.
+
+use rayon::prelude::*;
+
+use super::counter::{Binary, Counter, CycleFold, Popcount, Thermometer};
+#[cfg(target_arch = "x86_64")]
+use super::lanes::{Avx2, Avx512};
+use super::lanes::{Lanes, Portable};
+use super::quantize::{split_unipolar, stream_int};
+use super::spec::{Accumulation, ScSpec};
+use super::stream::{Operand, StreamGenerator, StreamLayout, WEIGHT_SEED_BASE};
+use crate::geometry::ConvGeometry;
+
+/// The instruction set the SC kernel runs on. Both give the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// `std::arch` AVX-512 (F + VPOPCNTDQ), chosen at run time where the CPU has it.
+    Avx512,
+    /// `std::arch` AVX2, for x86-64 CPUs without AVX-512.
+    Avx2,
+    /// Plain Rust on `[u64; 8]` lanes; any CPU.
+    Portable,
+}
+
+impl Isa {
+    /// The fastest instruction set this CPU supports.
+    pub fn best() -> Self {
+        [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .find(Isa::is_supported)
+            .unwrap_or(Isa::Portable)
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn is_supported(&self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("popcnt"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx512 | Isa::Avx2 => false,
+        }
+    }
+}
+
+/// A 4-D f32 tensor in memory with arbitrary strides (in elements).
+#[derive(Debug, Clone, Copy)]
+pub struct Strided4<'a> {
+    /// The storage.
+    pub data: &'a [f32],
+    /// Offset of element (0, 0, 0, 0).
+    pub offset: usize,
+    /// Strides of the four dimensions.
+    pub strides: [usize; 4],
+}
+
+impl Strided4<'_> {
+    #[inline]
+    fn get(&self, i: [usize; 4]) -> f32 {
+        let s = self.strides;
+        self.data[self.offset + i[0] * s[0] + i[1] * s[1] + i[2] * s[2] + i[3] * s[3]]
+    }
+}
+
+/// Most words of activation streams held at once (64 MiB); larger batches are
+/// processed in chunks of images.
+const ACT_CHUNK_WORDS: usize = 8 << 20;
+/// Output pixels per parallel task.
+const PIXELS_PER_TASK: usize = 32;
+/// Output channels are padded to a multiple of this (the largest NR).
+const MAX_NR: usize = 2;
+
+/// Everything one tile of the kernel reads.
+struct KernelArgs<'a> {
+    act: &'a [u64],
+    weights: &'a [u64],
+    fold: CycleFold,
+    out_channels: usize,
+    kernel_rows: usize,
+    /// Words in one receptive-field row: KW · pixel words.
+    run: usize,
+    /// Words between two padded input rows.
+    row_stride: usize,
+    /// Words of one padded image.
+    image_words: usize,
+    pixel_words: usize,
+    out_size: (usize, usize),
+    stride: (usize, usize),
+}
+
+impl KernelArgs<'_> {
+    /// Word offset of the receptive field of output pixel `g` (counted over the chunk).
+    #[inline(always)]
+    fn field_start(&self, g: usize) -> usize {
+        let per_image = self.out_size.0 * self.out_size.1;
+        let (img, p) = (g / per_image, g % per_image);
+        let (oy, ox) = (p / self.out_size.1, p % self.out_size.1);
+        img * self.image_words + oy * self.stride.0 * self.row_stride + ox * self.stride.1 * self.pixel_words
+    }
+}
+
+/// Computes the P and N counts of output pixels `g0..g0 + pos.len()/O` (NHWC order).
+///
+/// # Safety
+/// `k.act` and `k.weights` must hold the streams `k` describes; for `V = Avx512` the
+/// CPU must support AVX-512 F and VPOPCNTDQ.
+#[inline(always)]
+unsafe fn pixel_block<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>(
+    k: &KernelArgs,
+    g0: usize,
+    pos: &mut [u32],
+    neg: &mut [u32],
+) {
+    let o_count = k.out_channels;
+    let pixels = pos.len() / o_count;
+    let w_pol = k.kernel_rows * k.run;
+    let w_chan = 2 * w_pol;
+    let full = k.run / 8 * 8;
+    let tail = k.run - full;
+    for m0 in (0..pixels).step_by(MR) {
+        let field: [*const u64; MR] = std::array::from_fn(|m| {
+            let g = g0 + (m0 + m).min(pixels - 1);
+            k.act.as_ptr().add(k.field_start(g))
+        });
+        for o0 in (0..o_count).step_by(NR) {
+            let mut acc = [[[C::new(); 2]; NR]; MR];
+            let wbase = k.weights.as_ptr().add(o0 * w_chan);
+            for i in 0..k.kernel_rows {
+                let arow: [*const u64; MR] = std::array::from_fn(|m| field[m].add(i * k.row_stride));
+                let wrow: [[*const u64; 2]; NR] =
+                    std::array::from_fn(|r| std::array::from_fn(|p| wbase.add(r * w_chan + p * w_pol + i * k.run)));
+                let mut v = 0;
+                while v < full {
+                    accumulate::<V, C, MR, NR>(&mut acc, &arow, &wrow, v, 8);
+                    v += 8;
+                }
+                if tail > 0 {
+                    accumulate::<V, C, MR, NR>(&mut acc, &arow, &wrow, full, tail);
+                }
+            }
+            for (m, acc_m) in acc.iter().enumerate() {
+                if m0 + m >= pixels {
+                    break;
+                }
+                for (r, acc_r) in acc_m.iter().enumerate() {
+                    let o = o0 + r;
+                    if o < o_count {
+                        pos[(m0 + m) * o_count + o] = acc_r[0].count(&k.fold);
+                        neg[(m0 + m) * o_count + o] = acc_r[1].count(&k.fold);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Loads `words` (1..=8) words; the branch folds away for the constant 8.
+#[inline(always)]
+unsafe fn load_words<V: Lanes>(p: *const u64, words: usize) -> V {
+    if words == 8 {
+        V::load(p)
+    } else {
+        V::load_partial(p, words)
+    }
+}
+
+/// Adds `words` (1..=8) words at offset `v` of each run to the tile's accumulators.
+#[inline(always)]
+unsafe fn accumulate<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>(
+    acc: &mut [[[C; 2]; NR]; MR],
+    arow: &[*const u64; MR],
+    wrow: &[[*const u64; 2]; NR],
+    v: usize,
+    words: usize,
+) {
+    // Plain loops, not closures: closures would not inherit the entry point's target
+    // features, and the intrinsics inside them might not inline.
+    let mut a = [V::zero(); MR];
+    for m in 0..MR {
+        a[m] = load_words(arow[m].add(v), words);
+    }
+    for r in 0..NR {
+        let wp = load_words::<V>(wrow[r][0].add(v), words);
+        let wn = load_words::<V>(wrow[r][1].add(v), words);
+        for m in 0..MR {
+            acc[m][r][0].add(a[m], wp);
+            acc[m][r][1].add(a[m], wn);
+        }
+    }
+}
+
+type BlockFn = unsafe fn(&KernelArgs, usize, &mut [u32], &mut [u32]);
+
+unsafe fn block_portable<C: Counter<Portable>, const MR: usize, const NR: usize>(
+    k: &KernelArgs,
+    g0: usize,
+    pos: &mut [u32],
+    neg: &mut [u32],
+) {
+    pixel_block::<Portable, C, MR, NR>(k, g0, pos, neg)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vpopcntdq")]
+unsafe fn block_avx512<C: Counter<Avx512>, const MR: usize, const NR: usize>(
+    k: &KernelArgs,
+    g0: usize,
+    pos: &mut [u32],
+    neg: &mut [u32],
+) {
+    pixel_block::<Avx512, C, MR, NR>(k, g0, pos, neg)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+unsafe fn block_avx2<C: Counter<Avx2>, const MR: usize, const NR: usize>(
+    k: &KernelArgs,
+    g0: usize,
+    pos: &mut [u32],
+    neg: &mut [u32],
+) {
+    pixel_block::<Avx2, C, MR, NR>(k, g0, pos, neg)
+}
+
+/// The tile shape (MR pixels × NR channels) and counter of each accumulation, chosen
+/// so that the accumulators fill about 16 vector registers.
+macro_rules! select_block {
+    ($entry:ident, $V:ty, $acc:expr) => {
+        match $acc {
+            Accumulation::Exact => $entry::<Popcount<$V>, 4, 2> as BlockFn,
+            Accumulation::Or(1) => $entry::<Thermometer<$V, 1>, 4, 2>,
+            Accumulation::Or(2) => $entry::<Thermometer<$V, 2>, 2, 2>,
+            Accumulation::Or(3) => $entry::<Thermometer<$V, 3>, 1, 2>,
+            Accumulation::Or(4) => $entry::<Thermometer<$V, 4>, 1, 2>,
+            Accumulation::Or(5..=7) => $entry::<Binary<$V, 4>, 1, 2>,
+            Accumulation::Or(8..=15) => $entry::<Binary<$V, 5>, 1, 1>,
+            Accumulation::Or(_) => $entry::<Binary<$V, 6>, 1, 1>,
+        }
+    };
+}
+
+fn select(isa: Isa, acc: Accumulation) -> BlockFn {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.is_supported() => select_block!(block_avx512, Avx512, acc),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_supported() => select_block!(block_avx2, Avx2, acc),
+        _ => select_block!(block_portable, Portable, acc),
+    }
+}
+
+/// P and N counts of an SC conv, NCHW order.
+pub(crate) struct Counts {
+    pub pos: Vec<u32>,
+    pub neg: Vec<u32>,
+}
+
+/// Weight streams `[O padded to MAX_NR][polarity][KH][KW][pixel words]`.
+fn weight_streams(geo: &ConvGeometry, weight: Strided4, gen: &StreamGenerator, layout: StreamLayout) -> Vec<u64> {
+    let (kh, kw) = geo.kernel;
+    let c_count = geo.in_channels;
+    let pw = layout.pixel_words(c_count);
+    let channel_words = 2 * kh * kw * pw;
+    let o_pad = geo.out_channels.div_ceil(MAX_NR) * MAX_NR;
+    let mut words = vec![0u64; o_pad * channel_words];
+    words
+        .par_chunks_mut(channel_words)
+        .take(geo.out_channels)
+        .enumerate()
+        .for_each(|(o, dst)| {
+            let mut buf = [0u64; 4];
+            for c in 0..c_count {
+                for i in 0..kh {
+                    for j in 0..kw {
+                        let (vp, vn) = split_unipolar(weight.get([o, c, i, j]), layout.len);
+                        let seed_index = WEIGHT_SEED_BASE + (c * kh + i) * kw + j;
+                        let element = (((o * c_count + c) * kh + i) * kw + j) as u64;
+                        for (pol, v) in [vp, vn].into_iter().enumerate() {
+                            if v == 0 {
+                                continue;
+                            }
+                            let stream = gen.stream(v, seed_index, Operand::Weight, element, &mut buf);
+                            let at = ((pol * kh + i) * kw + j) * pw;
+                            layout.place(&mut dst[at..at + pw], c, stream);
+                        }
+                    }
+                }
+            }
+        });
+    words
+}
+
+/// Activation streams of image `n` into `dst` (`[Hp][Wp][pixel words]`, zeroed).
+fn image_streams(
+    geo: &ConvGeometry,
+    input: Strided4,
+    n: usize,
+    gen: &StreamGenerator,
+    layout: StreamLayout,
+    dst: &mut [u64],
+) {
+    let (h, w) = geo.in_size;
+    let (ph, pw_) = geo.params.padding;
+    let (hp, wp) = geo.padded_size();
+    let c_count = geo.in_channels;
+    let pw = layout.pixel_words(c_count);
+    let mut buf = [0u64; 4];
+    for c in 0..c_count {
+        for y in 0..h {
+            for x in 0..w {
+                let v = stream_int(input.get([n, c, y, x]), layout.len);
+                if v == 0 {
+                    continue;
+                }
+                let (yp, xp) = (y + ph, x + pw_);
+                let seed_index = (c * hp + yp) * wp + xp;
+                let element = (((n * c_count + c) * h + y) * w + x) as u64;
+                let stream = gen.stream(v, seed_index, Operand::Input, element, &mut buf);
+                let at = (yp * wp + xp) * pw;
+                layout.place(&mut dst[at..at + pw], c, stream);
+            }
+        }
+    }
+}
+
+/// Runs the SC conv `geo` of `spec` on `isa` (falling back to portable code if the CPU
+/// lacks it) and returns the P and N counts.
+pub(crate) fn conv_counts(geo: &ConvGeometry, input: Strided4, weight: Strided4, spec: &ScSpec, isa: Isa) -> Counts {
+    let layout = StreamLayout { len: spec.len() };
+    let gen = StreamGenerator::new(spec);
+    let pw = layout.pixel_words(geo.in_channels);
+    let (hp, wp) = geo.padded_size();
+    let weights = weight_streams(geo, weight, &gen, layout);
+    let fold = CycleFold {
+        len: layout.len,
+        words: layout.words(),
+        n: match spec.acc {
+            Accumulation::Or(n) => u32::from(n),
+            Accumulation::Exact => u32::MAX,
+        },
+    };
+    let block = select(isa, spec.acc);
+    let o_count = geo.out_channels;
+    let per_image = geo.out_pixels();
+    let image_words = hp * wp * pw;
+    let mut pos = vec![0u32; geo.batch * per_image * o_count];
+    let mut neg = vec![0u32; pos.len()];
+    let chunk_images = (ACT_CHUNK_WORDS / image_words).clamp(1, geo.batch);
+    let chunk_out = chunk_images * per_image * o_count;
+    for (chunk, (pos, neg)) in pos.chunks_mut(chunk_out).zip(neg.chunks_mut(chunk_out)).enumerate() {
+        let first = chunk * chunk_images;
+        let images = pos.len() / (per_image * o_count);
+        let mut act = vec![0u64; images * image_words];
+        act.par_chunks_mut(image_words)
+            .enumerate()
+            .for_each(|(i, dst)| image_streams(geo, input, first + i, &gen, layout, dst));
+        let k = KernelArgs {
+            act: &act,
+            weights: &weights,
+            fold,
+            out_channels: geo.out_channels,
+            kernel_rows: geo.kernel.0,
+            run: geo.kernel.1 * pw,
+            row_stride: wp * pw,
+            image_words,
+            pixel_words: pw,
+            out_size: geo.out_size(),
+            stride: geo.params.stride,
+        };
+        let task = PIXELS_PER_TASK * o_count;
+        pos.par_chunks_mut(task)
+            .zip(neg.par_chunks_mut(task))
+            .enumerate()
+            // SAFETY: `k` describes `act` and `weights` as built above; `select` only
+            // returns the AVX-512 entry when the CPU supports it.
+            .for_each(|(t, (p, n))| unsafe { block(&k, t * PIXELS_PER_TASK, p, n) });
+    }
+    Counts {
+        pos: nhwc_to_nchw(&pos, geo),
+        neg: nhwc_to_nchw(&neg, geo),
+    }
+}
+
+fn nhwc_to_nchw(src: &[u32], geo: &ConvGeometry) -> Vec<u32> {
+    let (o_count, pixels) = (geo.out_channels, geo.out_pixels());
+    if pixels == 1 {
+        return src.to_vec();
+    }
+    let mut out = vec![0u32; src.len()];
+    for (dst, src) in out.chunks_mut(o_count * pixels).zip(src.chunks(o_count * pixels)) {
+        for p in 0..pixels {
+            for o in 0..o_count {
+                dst[o * pixels + p] = src[p * o_count + o];
+            }
+        }
+    }
+    out
+}
