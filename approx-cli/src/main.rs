@@ -1,1 +1,61 @@
-fn main(){}
+//! `approx`: run and fine-tune neural networks for approximate hardware.
+//!
+//! A thin binary over the library crates: argument parsing, logging, reports and
+//! exit codes. Exit status: 0 on success, 1 on any error (the message says what and
+//! where), 2 on a command-line usage error (from clap).
+
+mod cmd;
+mod io;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Bit-accurate simulation and training for approximate hardware.
+#[derive(Debug, Parser)]
+#[command(name = "approx", version, about, long_about = None)]
+struct Cli {
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one layer on one hardware model, for cross-checking against other simulators.
+    Simulate(cmd::simulate::Args),
+    /// List hardware kinds and their keys.
+    Hw(cmd::hw::Args),
+    /// Time kernels against candle's f32 ops in the same run.
+    Bench(cmd::bench::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Simulate(args) => cmd::simulate::run(args),
+        Command::Hw(args) => cmd::hw::run(args),
+        Command::Bench(args) => cmd::bench::run(args, cli.quiet),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

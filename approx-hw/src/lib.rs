@@ -21,6 +21,7 @@ mod error;
 mod geometry;
 pub mod sc;
 pub mod spec;
+pub mod workload;
 
 pub use error::{HwError, Result};
 pub use geometry::{Conv2dParams, ConvGeometry, MAX_ELEMENTS};

@@ -21,6 +21,7 @@ pub(crate) struct CycleFold {
 }
 
 impl CycleFold {
+    #[inline(always)]
     fn valid_mask(&self) -> u64 {
         if self.len >= 64 {
             u64::MAX
@@ -29,19 +30,22 @@ impl CycleFold {
         }
     }
 
-    /// Merges the eight lanes (and, for B < 64, the sub-words of B bits) of `planes`
-    /// that stand for the same cycles, with `merge`; returns one plane set per stream
-    /// word and the number of words.
+    /// Merges the eight lanes of `planes` (zero beyond the vector's width) and, for
+    /// B < 64, the sub-words of B bits, that stand for the same cycles, with `merge`;
+    /// returns one plane set per stream word and the number of words.
+    #[inline(always)]
     fn fold<const K: usize>(
         &self,
         lanes: [[u64; K]; 8],
         merge: impl Fn([u64; K], [u64; K]) -> [u64; K],
     ) -> ([[u64; K]; 4], usize) {
         let w = self.words;
+        // `words` is a power of two: a mask, not a division, in this hot path.
+        let lane_word = w - 1;
         let mut out = [[0u64; K]; 4];
         out[..w].copy_from_slice(&lanes[..w]);
         for (l, lane) in lanes.iter().enumerate().skip(w) {
-            out[l % w] = merge(out[l % w], *lane);
+            out[l & lane_word] = merge(out[l & lane_word], *lane);
         }
         let mut width = 64;
         while width > self.len {
@@ -97,6 +101,7 @@ impl<V: Lanes, const N: usize> Counter<V> for Thermometer<V, N> {
         }
     }
 
+    #[inline(always)]
     fn count(&self, fold: &CycleFold) -> u32 {
         let (words, w) = fold.fold(by_lane(self.0), |a, b| {
             std::array::from_fn(|k| {
@@ -140,6 +145,7 @@ impl<V: Lanes, const K: usize> Counter<V> for Binary<V, K> {
         p[K - 1] = p[K - 1].or(carry);
     }
 
+    #[inline(always)]
     fn count(&self, fold: &CycleFold) -> u32 {
         let (words, w) = fold.fold(by_lane(self.0), |a, b| {
             let mut out = [0u64; K];
@@ -190,6 +196,7 @@ impl<V: Lanes> Counter<V> for Popcount<V> {
         self.0 = self.0.add_popcount_and(a, w);
     }
 
+    #[inline(always)]
     fn count(&self, _fold: &CycleFold) -> u32 {
         self.0.to_array().iter().sum::<u64>() as u32
     }

@@ -7,7 +7,10 @@
 //! walks these runs 8 words (512 cycles·channels) at a time and keeps, for a tile of
 //! MR output pixels × NR output channels × 2 polarities, one [`Counter`] each in
 //! registers, so every activation vector is used 2·NR times and every weight vector MR
-//! times. Images are processed in chunks; rayon splits each chunk's output pixels.
+//! times. Weight runs are padded with zero words to a multiple of 8 words, so that the
+//! kernel only ever loads whole vectors: the activation words it reads past a run's
+//! end meet zero weights. Images are processed in chunks; rayon splits each chunk's
+//! output pixels.
 
 use rayon::prelude::*;
 
@@ -50,7 +53,7 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("popcnt"),
+            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx512 | Isa::Avx2 => false,
         }
@@ -83,6 +86,13 @@ const ACT_CHUNK_WORDS: usize = 8 << 20;
 const PIXELS_PER_TASK: usize = 32;
 /// Output channels are padded to a multiple of this (the largest NR).
 const MAX_NR: usize = 2;
+/// Weight runs are padded to a multiple of this many words (the widest vector).
+const RUN_ALIGN: usize = 8;
+
+/// Words in one padded receptive-field row of the weights.
+fn padded_run(geo: &ConvGeometry, layout: StreamLayout) -> usize {
+    (geo.kernel.1 * layout.pixel_words(geo.in_channels)).next_multiple_of(RUN_ALIGN)
+}
 
 /// Everything one tile of the kernel reads.
 struct KernelArgs<'a> {
@@ -91,7 +101,8 @@ struct KernelArgs<'a> {
     fold: CycleFold,
     out_channels: usize,
     kernel_rows: usize,
-    /// Words in one receptive-field row: KW · pixel words.
+    /// Words in one receptive-field row of the weights: KW · pixel words, padded with
+    /// zeros to a multiple of [`RUN_ALIGN`].
     run: usize,
     /// Words between two padded input rows.
     row_stride: usize,
@@ -129,8 +140,6 @@ unsafe fn pixel_block<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>
     let pixels = pos.len() / o_count;
     let w_pol = k.kernel_rows * k.run;
     let w_chan = 2 * w_pol;
-    let full = k.run / 8 * 8;
-    let tail = k.run - full;
     for m0 in (0..pixels).step_by(MR) {
         let field: [*const u64; MR] = std::array::from_fn(|m| {
             let g = g0 + (m0 + m).min(pixels - 1);
@@ -143,13 +152,8 @@ unsafe fn pixel_block<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>
                 let arow: [*const u64; MR] = std::array::from_fn(|m| field[m].add(i * k.row_stride));
                 let wrow: [[*const u64; 2]; NR] =
                     std::array::from_fn(|r| std::array::from_fn(|p| wbase.add(r * w_chan + p * w_pol + i * k.run)));
-                let mut v = 0;
-                while v < full {
-                    accumulate::<V, C, MR, NR>(&mut acc, &arow, &wrow, v, 8);
-                    v += 8;
-                }
-                if tail > 0 {
-                    accumulate::<V, C, MR, NR>(&mut acc, &arow, &wrow, full, tail);
+                for v in (0..k.run).step_by(V::WORDS) {
+                    accumulate::<V, C, MR, NR>(&mut acc, &arow, &wrow, v);
                 }
             }
             for (m, acc_m) in acc.iter().enumerate() {
@@ -168,34 +172,23 @@ unsafe fn pixel_block<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>
     }
 }
 
-/// Loads `words` (1..=8) words; the branch folds away for the constant 8.
-#[inline(always)]
-unsafe fn load_words<V: Lanes>(p: *const u64, words: usize) -> V {
-    if words == 8 {
-        V::load(p)
-    } else {
-        V::load_partial(p, words)
-    }
-}
-
-/// Adds `words` (1..=8) words at offset `v` of each run to the tile's accumulators.
+/// Adds the vector at word offset `v` of each run to the tile's accumulators.
 #[inline(always)]
 unsafe fn accumulate<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>(
     acc: &mut [[[C; 2]; NR]; MR],
     arow: &[*const u64; MR],
     wrow: &[[*const u64; 2]; NR],
     v: usize,
-    words: usize,
 ) {
     // Plain loops, not closures: closures would not inherit the entry point's target
     // features, and the intrinsics inside them might not inline.
     let mut a = [V::zero(); MR];
     for m in 0..MR {
-        a[m] = load_words(arow[m].add(v), words);
+        a[m] = V::load(arow[m].add(v));
     }
     for r in 0..NR {
-        let wp = load_words::<V>(wrow[r][0].add(v), words);
-        let wn = load_words::<V>(wrow[r][1].add(v), words);
+        let wp = V::load(wrow[r][0].add(v));
+        let wn = V::load(wrow[r][1].add(v));
         for m in 0..MR {
             acc[m][r][0].add(a[m], wp);
             acc[m][r][1].add(a[m], wn);
@@ -226,7 +219,7 @@ unsafe fn block_avx512<C: Counter<Avx512>, const MR: usize, const NR: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,popcnt")]
+#[target_feature(enable = "avx2")]
 unsafe fn block_avx2<C: Counter<Avx2>, const MR: usize, const NR: usize>(
     k: &KernelArgs,
     g0: usize,
@@ -236,30 +229,38 @@ unsafe fn block_avx2<C: Counter<Avx2>, const MR: usize, const NR: usize>(
     pixel_block::<Avx2, C, MR, NR>(k, g0, pos, neg)
 }
 
-/// The tile shape (MR pixels × NR channels) and counter of each accumulation, chosen
-/// so that the accumulators fill about 16 vector registers.
+/// The counter and tile shape (MR pixels × NR channels) of each accumulation, given
+/// as `[exact, or1, or2, or3-4, or5-7, or8-16]` shapes so that each instruction set's
+/// accumulators fill about half of its vector registers (32 zmm, 16 ymm).
 macro_rules! select_block {
-    ($entry:ident, $V:ty, $acc:expr) => {
+    ($entry:ident, $V:ty, $acc:expr, [$e:tt, $o1:tt, $o2:tt, $o34:tt, $o57:tt, $o8:tt]) => {
         match $acc {
-            Accumulation::Exact => $entry::<Popcount<$V>, 4, 2> as BlockFn,
-            Accumulation::Or(1) => $entry::<Thermometer<$V, 1>, 4, 2>,
-            Accumulation::Or(2) => $entry::<Thermometer<$V, 2>, 2, 2>,
-            Accumulation::Or(3) => $entry::<Thermometer<$V, 3>, 1, 2>,
-            Accumulation::Or(4) => $entry::<Thermometer<$V, 4>, 1, 2>,
-            Accumulation::Or(5..=7) => $entry::<Binary<$V, 4>, 1, 2>,
-            Accumulation::Or(8..=15) => $entry::<Binary<$V, 5>, 1, 1>,
-            Accumulation::Or(_) => $entry::<Binary<$V, 6>, 1, 1>,
+            Accumulation::Exact => select_block!(@ $entry, Popcount<$V>, $e),
+            Accumulation::Or(1) => select_block!(@ $entry, Thermometer<$V, 1>, $o1),
+            Accumulation::Or(2) => select_block!(@ $entry, Thermometer<$V, 2>, $o2),
+            Accumulation::Or(3) => select_block!(@ $entry, Thermometer<$V, 3>, $o34),
+            Accumulation::Or(4) => select_block!(@ $entry, Thermometer<$V, 4>, $o34),
+            Accumulation::Or(5..=7) => select_block!(@ $entry, Binary<$V, 4>, $o57),
+            Accumulation::Or(8..=15) => select_block!(@ $entry, Binary<$V, 5>, $o8),
+            Accumulation::Or(_) => select_block!(@ $entry, Binary<$V, 6>, $o8),
         }
+    };
+    (@ $entry:ident, $C:ty, ($mr:literal, $nr:literal)) => {
+        $entry::<$C, $mr, $nr> as BlockFn
     };
 }
 
 fn select(isa: Isa, acc: Accumulation) -> BlockFn {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if isa.is_supported() => select_block!(block_avx512, Avx512, acc),
+        Isa::Avx512 if isa.is_supported() => {
+            select_block!(block_avx512, Avx512, acc, [(4, 2), (4, 2), (2, 2), (1, 2), (1, 2), (1, 1)])
+        }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_supported() => select_block!(block_avx2, Avx2, acc),
-        _ => select_block!(block_portable, Portable, acc),
+        Isa::Avx2 if isa.is_supported() => {
+            select_block!(block_avx2, Avx2, acc, [(2, 2), (2, 2), (2, 1), (1, 1), (1, 1), (1, 1)])
+        }
+        _ => select_block!(block_portable, Portable, acc, [(2, 1), (2, 1), (1, 1), (1, 1), (1, 1), (1, 1)]),
     }
 }
 
@@ -269,12 +270,13 @@ pub(crate) struct Counts {
     pub neg: Vec<u32>,
 }
 
-/// Weight streams `[O padded to MAX_NR][polarity][KH][KW][pixel words]`.
+/// Weight streams `[O padded to MAX_NR][polarity][KH][padded run of KW·pixel words]`.
 fn weight_streams(geo: &ConvGeometry, weight: Strided4, gen: &StreamGenerator, layout: StreamLayout) -> Vec<u64> {
     let (kh, kw) = geo.kernel;
     let c_count = geo.in_channels;
     let pw = layout.pixel_words(c_count);
-    let channel_words = 2 * kh * kw * pw;
+    let run = padded_run(geo, layout);
+    let channel_words = 2 * kh * run;
     let o_pad = geo.out_channels.div_ceil(MAX_NR) * MAX_NR;
     let mut words = vec![0u64; o_pad * channel_words];
     words
@@ -294,7 +296,7 @@ fn weight_streams(geo: &ConvGeometry, weight: Strided4, gen: &StreamGenerator, l
                                 continue;
                             }
                             let stream = gen.stream(v, seed_index, Operand::Weight, element, &mut buf);
-                            let at = ((pol * kh + i) * kw + j) * pw;
+                            let at = (pol * kh + i) * run + j * pw;
                             layout.place(&mut dst[at..at + pw], c, stream);
                         }
                     }
@@ -364,8 +366,10 @@ pub(crate) fn conv_counts(geo: &ConvGeometry, input: Strided4, weight: Strided4,
     for (chunk, (pos, neg)) in pos.chunks_mut(chunk_out).zip(neg.chunks_mut(chunk_out)).enumerate() {
         let first = chunk * chunk_images;
         let images = pos.len() / (per_image * o_count);
-        let mut act = vec![0u64; images * image_words];
+        // RUN_ALIGN slack words: the last run's padding may read past the last image.
+        let mut act = vec![0u64; images * image_words + RUN_ALIGN];
         act.par_chunks_mut(image_words)
+            .take(images)
             .enumerate()
             .for_each(|(i, dst)| image_streams(geo, input, first + i, &gen, layout, dst));
         let k = KernelArgs {
@@ -374,7 +378,7 @@ pub(crate) fn conv_counts(geo: &ConvGeometry, input: Strided4, weight: Strided4,
             fold,
             out_channels: geo.out_channels,
             kernel_rows: geo.kernel.0,
-            run: geo.kernel.1 * pw,
+            run: padded_run(geo, layout),
             row_stride: wp * pw,
             image_words,
             pixel_words: pw,

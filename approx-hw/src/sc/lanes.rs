@@ -5,20 +5,17 @@
 //! instantiated inside a `#[target_feature(enable = "avx512f,avx512vpopcntdq")]` entry
 //! point, the intrinsics inline into one tight loop.
 
-/// Eight u64 words processed together.
+/// `WORDS` u64 words (4 or 8) processed together.
 pub(crate) trait Lanes: Copy {
+    /// Words per vector.
+    const WORDS: usize;
     /// All zero bits.
     fn zero() -> Self;
-    /// Loads 8 words from `ptr`.
+    /// Loads `WORDS` words from `ptr`.
     ///
     /// # Safety
-    /// `ptr..ptr+8` must be readable.
+    /// `ptr..ptr+WORDS` must be readable.
     unsafe fn load(ptr: *const u64) -> Self;
-    /// Loads the first `n < 8` words from `ptr`; the other lanes are zero.
-    ///
-    /// # Safety
-    /// `ptr..ptr+n` must be readable.
-    unsafe fn load_partial(ptr: *const u64, n: usize) -> Self;
     /// `self & other`.
     fn and(self, other: Self) -> Self;
     /// `self | other`.
@@ -29,7 +26,7 @@ pub(crate) trait Lanes: Copy {
     fn or_and(self, a: Self, b: Self) -> Self;
     /// Adds the per-lane popcount of `a & b` to each u64 lane of `self`.
     fn add_popcount_and(self, a: Self, b: Self) -> Self;
-    /// The eight words.
+    /// The words, zero-extended to eight.
     fn to_array(self) -> [u64; 8];
 }
 
@@ -38,6 +35,7 @@ pub(crate) trait Lanes: Copy {
 pub(crate) struct Portable([u64; 8]);
 
 impl Lanes for Portable {
+    const WORDS: usize = 8;
     #[inline(always)]
     fn zero() -> Self {
         Portable([0; 8])
@@ -45,12 +43,6 @@ impl Lanes for Portable {
     #[inline(always)]
     unsafe fn load(ptr: *const u64) -> Self {
         Portable(std::ptr::read_unaligned(ptr as *const [u64; 8]))
-    }
-    #[inline(always)]
-    unsafe fn load_partial(ptr: *const u64, n: usize) -> Self {
-        let mut out = [0u64; 8];
-        std::ptr::copy_nonoverlapping(ptr, out.as_mut_ptr(), n);
-        Portable(out)
     }
     #[inline(always)]
     fn and(self, o: Self) -> Self {
@@ -90,76 +82,59 @@ mod avx2 {
     use super::Lanes;
     use std::arch::x86_64::*;
 
-    /// AVX2 lanes: two 256-bit halves. Only constructed inside functions compiled
-    /// with `avx2,popcnt` and called after run-time detection.
+    /// AVX2 lanes: 256 bits (four words), so that a tile's accumulators fit the 16
+    /// ymm registers. Only constructed inside functions compiled with `avx2` and called
+    /// after run-time detection.
     #[derive(Clone, Copy)]
-    pub(crate) struct Avx2([__m256i; 2]);
-
-    #[inline(always)]
-    fn each(a: Avx2, b: Avx2, f: impl Fn(__m256i, __m256i) -> __m256i) -> Avx2 {
-        Avx2([f(a.0[0], b.0[0]), f(a.0[1], b.0[1])])
-    }
-
-    /// Per-u64-lane popcount of 256 bits: nibble lookup with `vpshufb`, then byte sums
-    /// per lane with `vpsadbw`.
-    #[inline(always)]
-    unsafe fn popcount_epi64(x: __m256i) -> __m256i {
-        let table = _mm256_setr_epi8(
-            0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-        );
-        let nibble = _mm256_set1_epi8(0x0F);
-        let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(x, nibble));
-        let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(x), nibble));
-        _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256())
-    }
+    pub(crate) struct Avx2(__m256i);
 
     impl Lanes for Avx2 {
+        const WORDS: usize = 4;
+
         #[inline(always)]
         fn zero() -> Self {
-            let z = unsafe { _mm256_setzero_si256() };
-            Avx2([z, z])
+            Avx2(unsafe { _mm256_setzero_si256() })
         }
         #[inline(always)]
         unsafe fn load(ptr: *const u64) -> Self {
-            Avx2([
-                _mm256_loadu_si256(ptr as *const __m256i),
-                _mm256_loadu_si256(ptr.add(4) as *const __m256i),
-            ])
-        }
-        #[inline(always)]
-        unsafe fn load_partial(ptr: *const u64, n: usize) -> Self {
-            let mut out = [0u64; 8];
-            std::ptr::copy_nonoverlapping(ptr, out.as_mut_ptr(), n);
-            Self::load(out.as_ptr())
+            Avx2(_mm256_loadu_si256(ptr as *const __m256i))
         }
         #[inline(always)]
         fn and(self, o: Self) -> Self {
-            each(self, o, |a, b| unsafe { _mm256_and_si256(a, b) })
+            Avx2(unsafe { _mm256_and_si256(self.0, o.0) })
         }
         #[inline(always)]
         fn or(self, o: Self) -> Self {
-            each(self, o, |a, b| unsafe { _mm256_or_si256(a, b) })
+            Avx2(unsafe { _mm256_or_si256(self.0, o.0) })
         }
         #[inline(always)]
         fn xor(self, o: Self) -> Self {
-            each(self, o, |a, b| unsafe { _mm256_xor_si256(a, b) })
+            Avx2(unsafe { _mm256_xor_si256(self.0, o.0) })
         }
         #[inline(always)]
         fn or_and(self, a: Self, b: Self) -> Self {
             self.or(a.and(b))
         }
+        /// Per-u64-lane popcount: nibble lookup with `vpshufb`, byte sums per lane with
+        /// `vpsadbw`.
         #[inline(always)]
         fn add_popcount_and(self, a: Self, b: Self) -> Self {
-            let x = a.and(b);
-            each(self, x, |s, x| unsafe { _mm256_add_epi64(s, popcount_epi64(x)) })
+            unsafe {
+                let x = _mm256_and_si256(a.0, b.0);
+                let table = _mm256_setr_epi8(
+                    0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                );
+                let nibble = _mm256_set1_epi8(0x0F);
+                let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(x, nibble));
+                let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(x), nibble));
+                let sums = _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
+                Avx2(_mm256_add_epi64(self.0, sums))
+            }
         }
         #[inline(always)]
         fn to_array(self) -> [u64; 8] {
             let mut out = [0u64; 8];
-            unsafe {
-                _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, self.0[0]);
-                _mm256_storeu_si256(out.as_mut_ptr().add(4) as *mut __m256i, self.0[1]);
-            }
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, self.0) };
             out
         }
     }
@@ -176,6 +151,7 @@ mod avx512 {
     pub(crate) struct Avx512(__m512i);
 
     impl Lanes for Avx512 {
+        const WORDS: usize = 8;
         #[inline(always)]
         fn zero() -> Self {
             Avx512(unsafe { _mm512_setzero_si512() })
@@ -183,11 +159,6 @@ mod avx512 {
         #[inline(always)]
         unsafe fn load(ptr: *const u64) -> Self {
             Avx512(_mm512_loadu_si512(ptr as *const __m512i))
-        }
-        #[inline(always)]
-        unsafe fn load_partial(ptr: *const u64, n: usize) -> Self {
-            let mask: __mmask8 = ((1u32 << n) - 1) as __mmask8;
-            Avx512(_mm512_maskz_loadu_epi64(mask, ptr as *const i64))
         }
         #[inline(always)]
         fn and(self, o: Self) -> Self {

@@ -10,9 +10,11 @@
 #[inline]
 pub fn stream_int(x: f32, len: usize) -> u32 {
     let b = len as f32;
-    let v = (x * b).max(0.0).min(b - 1.0).ceil();
     // `max`/`min` return the non-NaN operand, so NaN maps to 0 here.
-    v as u32
+    let v = (x * b).max(0.0).min(b - 1.0);
+    // ceil for 0 ≤ v < 2^24 without a libm call (x86-64 before SSE4.1 has no roundss).
+    let t = v as u32;
+    t + u32::from((t as f32) < v)
 }
 
 /// The split-unipolar stream integers `(w+, w−)` of a signed weight.

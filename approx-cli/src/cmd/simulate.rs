@@ -1,0 +1,77 @@
+//! `approx simulate`: one layer on one hardware model.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use approx_hw::{sc, Conv2dParams, ConvGeometry, HwSpec};
+use candle_core::Tensor;
+
+use crate::io::{write_safetensors, TensorFile};
+
+/// The layer type to simulate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Op {
+    /// 2-D convolution: input NCHW, weight OIHW.
+    Conv2d,
+    /// Fully connected: input [N, K], weight [O, K].
+    Linear,
+}
+
+/// Arguments of `approx simulate`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Example:\n  approx simulate --hw sc:len=64,acc=or2 --op conv2d --padding 2 \\\n      --input examples/conv2.safetensors --output out.safetensors")]
+pub struct Args {
+    /// Hardware spec, e.g. `sc:len=64,acc=or2` (see `approx hw list`).
+    #[arg(long)]
+    hw: String,
+    /// Layer type.
+    #[arg(long, value_enum)]
+    op: Op,
+    /// Convolution stride in pixels.
+    #[arg(long, default_value_t = 1)]
+    stride: usize,
+    /// Zero padding on each side, in pixels.
+    #[arg(long, default_value_t = 0)]
+    padding: usize,
+    /// Safetensors file with f32 tensors `input` and `weight`.
+    #[arg(long)]
+    input: PathBuf,
+    /// Safetensors file to write with the f32 tensor `output` (in value units; for SC
+    /// `(P − N) / len`).
+    #[arg(long)]
+    output: PathBuf,
+}
+
+/// Runs `approx simulate`.
+pub fn run(args: Args) -> Result<()> {
+    let spec: HwSpec = args.hw.parse().with_context(|| format!("bad --hw `{}`", args.hw))?;
+    let file = TensorFile::read(&args.input)?;
+    let input = file.f32_tensor("input")?;
+    let weight = file.f32_tensor("weight")?;
+    let params = Conv2dParams::new(args.stride, args.padding);
+    let what = || format!("{:?} of `{}`", args.op, args.input.display());
+    match args.op {
+        Op::Conv2d => ConvGeometry::conv2d(input.dims(), weight.dims(), params).map(drop),
+        Op::Linear => ConvGeometry::linear(input.dims(), weight.dims()).map(drop),
+    }
+    .with_context(what)?;
+    let output = forward(&spec, args.op, &input, &weight, params).with_context(what)?;
+    let metadata = HashMap::from([
+        ("approx.hw".to_string(), spec.to_string()),
+        ("approx.op".to_string(), format!("{:?}", args.op).to_lowercase()),
+        ("approx.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+    ]);
+    write_safetensors(&args.output, &[("output", &output)], metadata)?;
+    tracing::info!("wrote `{}` with output {:?}", args.output.display(), output.dims());
+    Ok(())
+}
+
+fn forward(spec: &HwSpec, op: Op, input: &Tensor, weight: &Tensor, params: Conv2dParams) -> Result<Tensor> {
+    Ok(match (spec, op) {
+        (HwSpec::Exact, Op::Conv2d) => input.conv2d(weight, params.padding.0, params.stride.0, 1, 1)?,
+        (HwSpec::Exact, Op::Linear) => input.matmul(&weight.t()?)?,
+        (HwSpec::Sc(sc), Op::Conv2d) => sc::conv2d(input, weight, sc, params)?,
+        (HwSpec::Sc(sc), Op::Linear) => sc::linear(input, weight, sc)?,
+    })
+}
