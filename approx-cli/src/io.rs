@@ -18,7 +18,8 @@ pub struct TensorFile {
 impl TensorFile {
     /// Reads `path`; fails with the path in the message.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
         let file = Self {
             path: path.display().to_string(),
             bytes,
@@ -41,11 +42,19 @@ impl TensorFile {
             anyhow::anyhow!(
                 "`{}` has no tensor `{name}` (it has: {})",
                 self.path,
-                if names.is_empty() { "no tensors".to_string() } else { names.join(", ") }
+                if names.is_empty() {
+                    "no tensors".to_string()
+                } else {
+                    names.join(", ")
+                }
             )
         })?;
         if view.dtype() != safetensors::Dtype::F32 {
-            bail!("tensor `{name}` in `{}` is {:?}; expected F32", self.path, view.dtype());
+            bail!(
+                "tensor `{name}` in `{}` is {:?}; expected F32",
+                self.path,
+                view.dtype()
+            );
         }
         let values: Vec<f32> = view
             .data()
@@ -59,11 +68,19 @@ impl TensorFile {
 
 /// Writes `tensors` (all f32) with `metadata` to `path` atomically: a temporary file in
 /// the same folder, fsync, rename.
-pub fn write_safetensors(path: &Path, tensors: &[(&str, &Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(&str, &Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     let mut data = Vec::new();
     for (name, t) in tensors {
         let t = t.to_dtype(DType::F32)?.flatten_all()?;
-        let bytes: Vec<u8> = t.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> = t
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         data.push((name.to_string(), t.dims().to_vec(), bytes));
     }
     let shapes: Vec<Vec<usize>> = tensors.iter().map(|(_, t)| t.dims().to_vec()).collect();
@@ -71,7 +88,8 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, &Tensor)], metadata: Has
         .iter()
         .zip(&shapes)
         .map(|((name, _, bytes), shape)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).map(|v| (name.clone(), v))
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let encoded = safetensors::serialize(views, Some(metadata))?;
@@ -88,7 +106,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("output path `{}` has no file name", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

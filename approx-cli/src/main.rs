@@ -43,7 +43,9 @@ fn main() -> std::process::ExitCode {
         (false, _) => "debug",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {

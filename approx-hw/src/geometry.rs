@@ -56,7 +56,11 @@ pub struct ConvGeometry {
 
 impl ConvGeometry {
     /// Checks an NCHW input shape against an OIHW weight shape and the parameters.
-    pub fn conv2d(input: &[usize], weight: &[usize], params: Conv2dParams) -> Result<Self, HwError> {
+    pub fn conv2d(
+        input: &[usize],
+        weight: &[usize],
+        params: Conv2dParams,
+    ) -> Result<Self, HwError> {
         let [n, c, h, w] = *input else {
             return Err(HwError::Shape(format!(
                 "conv2d input must have rank 4 (NCHW), got shape {input:?}"
@@ -116,9 +120,18 @@ impl ConvGeometry {
     fn validate(&self) -> Result<(), HwError> {
         let (sy, sx) = self.params.stride;
         if sy == 0 || sx == 0 {
-            return Err(HwError::Shape(format!("stride must be at least 1, got {:?}", self.params.stride)));
+            return Err(HwError::Shape(format!(
+                "stride must be at least 1, got {:?}",
+                self.params.stride
+            )));
         }
-        let dims = [self.batch, self.in_channels, self.out_channels, self.kernel.0, self.kernel.1];
+        let dims = [
+            self.batch,
+            self.in_channels,
+            self.out_channels,
+            self.kernel.0,
+            self.kernel.1,
+        ];
         if dims.contains(&0) || self.in_size.0 == 0 || self.in_size.1 == 0 {
             return Err(HwError::Shape(format!("empty dimension in {self}")));
         }
@@ -130,11 +143,16 @@ impl ConvGeometry {
             )));
         }
         let counts = [
-            self.batch.checked_mul(self.in_channels).and_then(|x| x.checked_mul(hp)).and_then(|x| x.checked_mul(wp)),
+            self.batch
+                .checked_mul(self.in_channels)
+                .and_then(|x| x.checked_mul(hp))
+                .and_then(|x| x.checked_mul(wp)),
             self.out_channels
                 .checked_mul(self.in_channels)
                 .and_then(|x| x.checked_mul(self.kernel.0 * self.kernel.1)),
-            self.batch.checked_mul(self.out_channels).and_then(|x| x.checked_mul(self.out_pixels())),
+            self.batch
+                .checked_mul(self.out_channels)
+                .and_then(|x| x.checked_mul(self.out_pixels())),
         ];
         if counts.iter().any(|c| c.is_none_or(|c| c > MAX_ELEMENTS)) {
             return Err(HwError::TooLarge(format!(

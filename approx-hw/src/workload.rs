@@ -24,10 +24,34 @@ pub struct ConvLayer {
 /// TinyConv's four SC layers (spec §8.1) for 3x32x32 inputs: 5x5 convs with padding 2
 /// (3→32 at 32x32, 32→32 at 16x16, 32→64 at 8x8) and the 4x4 "fc" conv 64→10.
 pub const TINYCONV: [ConvLayer; 4] = [
-    ConvLayer { name: "conv1", input: (3, 32, 32), filters: 32, kernel: 5, padding: 2 },
-    ConvLayer { name: "conv2", input: (32, 16, 16), filters: 32, kernel: 5, padding: 2 },
-    ConvLayer { name: "conv3", input: (32, 8, 8), filters: 64, kernel: 5, padding: 2 },
-    ConvLayer { name: "conv4", input: (64, 4, 4), filters: 10, kernel: 4, padding: 0 },
+    ConvLayer {
+        name: "conv1",
+        input: (3, 32, 32),
+        filters: 32,
+        kernel: 5,
+        padding: 2,
+    },
+    ConvLayer {
+        name: "conv2",
+        input: (32, 16, 16),
+        filters: 32,
+        kernel: 5,
+        padding: 2,
+    },
+    ConvLayer {
+        name: "conv3",
+        input: (32, 8, 8),
+        filters: 64,
+        kernel: 5,
+        padding: 2,
+    },
+    ConvLayer {
+        name: "conv4",
+        input: (64, 4, 4),
+        filters: 10,
+        kernel: 4,
+        padding: 0,
+    },
 ];
 
 impl ConvLayer {
@@ -69,7 +93,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u32 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) as u32
     }
 }

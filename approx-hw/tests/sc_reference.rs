@@ -36,7 +36,13 @@ fn quantize(x: f32, b: usize) -> u32 {
 }
 
 /// The B bits of one stream: `value > state_t`, state stepped before each comparison.
-fn stream_bits(spec: &ScSpec, value: u32, seed_index: usize, operand: Operand, element: u64) -> Vec<bool> {
+fn stream_bits(
+    spec: &ScSpec,
+    value: u32,
+    seed_index: usize,
+    operand: Operand,
+    element: u64,
+) -> Vec<bool> {
     let b = spec.len();
     match spec.gen {
         Generator::Random { seed } => (0..b)
@@ -89,8 +95,13 @@ fn reference_conv(
                     } else {
                         0
                     };
-                    let element = if inside { (((n * c_in + c) * h + y - ph) * w + x - pw) as u64 } else { 0 };
-                    let bits = stream_bits(spec, v, c * hp * wp + y * wp + x, Operand::Input, element);
+                    let element = if inside {
+                        (((n * c_in + c) * h + y - ph) * w + x - pw) as u64
+                    } else {
+                        0
+                    };
+                    let bits =
+                        stream_bits(spec, v, c * hp * wp + y * wp + x, Operand::Input, element);
                     let at = (((n * c_in + c) * hp + y) * wp + x) * b;
                     abit[at..at + b].copy_from_slice(&bits);
                 }
@@ -108,8 +119,20 @@ fn reference_conv(
                     let seed = 13 + c * kh * kw + i * kw + j;
                     let vp = quantize(weight[e], b);
                     let vn = quantize(-weight[e], b);
-                    pbit[e * b..(e + 1) * b].copy_from_slice(&stream_bits(spec, vp, seed, Operand::Weight, e as u64));
-                    nbit[e * b..(e + 1) * b].copy_from_slice(&stream_bits(spec, vn, seed, Operand::Weight, e as u64));
+                    pbit[e * b..(e + 1) * b].copy_from_slice(&stream_bits(
+                        spec,
+                        vp,
+                        seed,
+                        Operand::Weight,
+                        e as u64,
+                    ));
+                    nbit[e * b..(e + 1) * b].copy_from_slice(&stream_bits(
+                        spec,
+                        vn,
+                        seed,
+                        Operand::Weight,
+                        e as u64,
+                    ));
                 }
             }
         }
@@ -126,7 +149,11 @@ fn reference_conv(
                         for c in 0..c_in {
                             for i in 0..kh {
                                 for j in 0..kw {
-                                    let a = abit[(((n * c_in + c) * hp + oy * sy + i) * wp + ox * sx + j) * b + t];
+                                    let a = abit[(((n * c_in + c) * hp + oy * sy + i) * wp
+                                        + ox * sx
+                                        + j)
+                                        * b
+                                        + t];
                                     let e = ((o * c_in + c) * kh + i) * kw + j;
                                     cp += u32::from(a && pbit[e * b + t]);
                                     cn += u32::from(a && nbit[e * b + t]);
@@ -148,13 +175,28 @@ fn reference_conv(
 
 /// Reference linear layer from the linear pseudocode: input seeds `k`, weight seeds
 /// `13 + k`, one stream per element.
-fn reference_linear(input: &[f32], n_rows: usize, weight: &[f32], o_out: usize, k_in: usize, spec: &ScSpec) -> (Vec<u32>, Vec<u32>) {
+fn reference_linear(
+    input: &[f32],
+    n_rows: usize,
+    weight: &[f32],
+    o_out: usize,
+    k_in: usize,
+    spec: &ScSpec,
+) -> (Vec<u32>, Vec<u32>) {
     let b = spec.len();
     let mut pos = vec![0; n_rows * o_out];
     let mut neg = pos.clone();
     for n in 0..n_rows {
         let abits: Vec<Vec<bool>> = (0..k_in)
-            .map(|k| stream_bits(spec, quantize(input[n * k_in + k], b), k, Operand::Input, (n * k_in + k) as u64))
+            .map(|k| {
+                stream_bits(
+                    spec,
+                    quantize(input[n * k_in + k], b),
+                    k,
+                    Operand::Input,
+                    (n * k_in + k) as u64,
+                )
+            })
             .collect();
         for o in 0..o_out {
             let (mut pc, mut nc) = (0, 0);
@@ -162,8 +204,20 @@ fn reference_linear(input: &[f32], n_rows: usize, weight: &[f32], o_out: usize, 
                 .map(|k| {
                     let e = o * k_in + k;
                     (
-                        stream_bits(spec, quantize(weight[e], b), 13 + k, Operand::Weight, e as u64),
-                        stream_bits(spec, quantize(-weight[e], b), 13 + k, Operand::Weight, e as u64),
+                        stream_bits(
+                            spec,
+                            quantize(weight[e], b),
+                            13 + k,
+                            Operand::Weight,
+                            e as u64,
+                        ),
+                        stream_bits(
+                            spec,
+                            quantize(-weight[e], b),
+                            13 + k,
+                            Operand::Weight,
+                            e as u64,
+                        ),
                     )
                 })
                 .collect();
@@ -185,15 +239,26 @@ fn reference_linear(input: &[f32], n_rows: usize, weight: &[f32], o_out: usize, 
 fn input_values(len: usize, sparse: bool) -> impl Strategy<Value = Vec<f32>> {
     proptest::collection::vec((any::<bool>(), 1u32..24, 0.0f32..1.0), len).prop_map(move |v| {
         v.into_iter()
-            .map(|(zero, k, u)| if !sparse { u } else if zero { 0.0 } else { k as f32 / 128.0 })
+            .map(|(zero, k, u)| {
+                if !sparse {
+                    u
+                } else if zero {
+                    0.0
+                } else {
+                    k as f32 / 128.0
+                }
+            })
             .collect()
     })
 }
 
 /// Weights skewed small, both signs, on the 1/128 grid; or uniform in [−1, 1).
 fn weight_values(len: usize, sparse: bool) -> impl Strategy<Value = Vec<f32>> {
-    proptest::collection::vec((-20i32..20, -1.0f32..1.0), len)
-        .prop_map(move |v| v.into_iter().map(|(k, u)| if sparse { k as f32 / 128.0 } else { u }).collect())
+    proptest::collection::vec((-20i32..20, -1.0f32..1.0), len).prop_map(move |v| {
+        v.into_iter()
+            .map(|(k, u)| if sparse { k as f32 / 128.0 } else { u })
+            .collect()
+    })
 }
 
 fn any_spec() -> impl Strategy<Value = ScSpec> {
@@ -233,40 +298,67 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
     (
         any_spec(),
         (1usize..=2, 1usize..=9, 1usize..=7, 1usize..=7, 1usize..=5),
-        (1usize..=4, 1usize..=4, 1usize..=2, 1usize..=2, 0usize..=2, 0usize..=2),
+        (
+            1usize..=4,
+            1usize..=4,
+            1usize..=2,
+            1usize..=2,
+            0usize..=2,
+            0usize..=2,
+        ),
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_filter("kernel fits the padded input", |(_, (_, _, h, w, _), (kh, kw, _, _, ph, pw), _, _)| {
-            kh <= &(h + 2 * ph) && kw <= &(w + 2 * pw)
-        })
-        .prop_flat_map(|(spec, (n, c, h, w, o), (kh, kw, sy, sx, ph, pw), sparse, transposed_input)| {
-            (
-                input_values(n * c * h * w, sparse),
-                weight_values(o * c * kh * kw, sparse),
-            )
-                .prop_map(move |(input, weight)| ConvCase {
-                    spec,
-                    input_shape: [n, c, h, w],
-                    weight_shape: [o, c, kh, kw],
-                    stride: (sy, sx),
-                    padding: (ph, pw),
-                    input,
-                    weight,
-                    transposed_input,
-                })
-        })
+        .prop_filter(
+            "kernel fits the padded input",
+            |(_, (_, _, h, w, _), (kh, kw, _, _, ph, pw), _, _)| {
+                kh <= &(h + 2 * ph) && kw <= &(w + 2 * pw)
+            },
+        )
+        .prop_flat_map(
+            |(spec, (n, c, h, w, o), (kh, kw, sy, sx, ph, pw), sparse, transposed_input)| {
+                (
+                    input_values(n * c * h * w, sparse),
+                    weight_values(o * c * kh * kw, sparse),
+                )
+                    .prop_map(move |(input, weight)| ConvCase {
+                        spec,
+                        input_shape: [n, c, h, w],
+                        weight_shape: [o, c, kh, kw],
+                        stride: (sy, sx),
+                        padding: (ph, pw),
+                        input,
+                        weight,
+                        transposed_input,
+                    })
+            },
+        )
 }
 
 fn run_counts(op: ScOp, input: &Tensor, weight: &Tensor) -> (Vec<u32>, Vec<u32>) {
     let both = input.apply_op2_no_bwd(weight, &op.with_counts()).unwrap();
-    let pos = both.get(0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let neg = both.get(1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let pos = both
+        .get(0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let neg = both
+        .get(1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     (pos, neg)
 }
 
 fn isas() -> Vec<Isa> {
-    [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(Isa::is_supported).collect()
+    [Isa::Portable, Isa::Avx2, Isa::Avx512]
+        .into_iter()
+        .filter(Isa::is_supported)
+        .collect()
 }
 
 proptest! {
@@ -328,18 +420,51 @@ proptest! {
 /// the equality checks above are not vacuous.
 #[test]
 fn sparse_data_does_not_saturate() {
-    let spec = ScSpec { log2_len: 6, acc: Accumulation::Or(2), gen: Generator::LfsrXnor };
+    let spec = ScSpec {
+        log2_len: 6,
+        acc: Accumulation::Or(2),
+        gen: Generator::LfsrXnor,
+    };
     let (n, c, h, w, o) = (2, 8, 6, 6, 4);
-    let input: Vec<f32> = (0..n * c * h * w).map(|i| if i % 2 == 0 { 0.0 } else { (i % 24) as f32 / 128.0 }).collect();
-    let weight: Vec<f32> = (0..o * c * 9).map(|i| ((i * 7) % 40) as f32 / 128.0 - 20.0 / 128.0).collect();
-    let (p, q) = reference_conv(&input, [n, c, h, w], &weight, [o, c, 3, 3], (1, 1), (1, 1), &spec);
+    let input: Vec<f32> = (0..n * c * h * w)
+        .map(|i| {
+            if i % 2 == 0 {
+                0.0
+            } else {
+                (i % 24) as f32 / 128.0
+            }
+        })
+        .collect();
+    let weight: Vec<f32> = (0..o * c * 9)
+        .map(|i| ((i * 7) % 40) as f32 / 128.0 - 20.0 / 128.0)
+        .collect();
+    let (p, q) = reference_conv(
+        &input,
+        [n, c, h, w],
+        &weight,
+        [o, c, 3, 3],
+        (1, 1),
+        (1, 1),
+        &spec,
+    );
     let full = 2 * 64;
     let unsaturated = p.iter().chain(&q).filter(|&&x| x > 0 && x < full).count();
-    assert!(unsaturated * 4 > 3 * p.len() * 2, "{unsaturated} of {} counts unsaturated", 2 * p.len());
+    assert!(
+        unsaturated * 4 > 3 * p.len() * 2,
+        "{unsaturated} of {} counts unsaturated",
+        2 * p.len()
+    );
     let input = Tensor::from_vec(input, (n, c, h, w), &Device::Cpu).unwrap();
     let weight = Tensor::from_vec(weight, (o, c, 3, 3), &Device::Cpu).unwrap();
     for isa in isas() {
-        assert_eq!(run_counts(ScOp::conv2d(spec, Conv2dParams::new(1, 1)).with_isa(isa), &input, &weight), (p.clone(), q.clone()));
+        assert_eq!(
+            run_counts(
+                ScOp::conv2d(spec, Conv2dParams::new(1, 1)).with_isa(isa),
+                &input,
+                &weight
+            ),
+            (p.clone(), q.clone())
+        );
     }
 }
 
@@ -350,14 +475,25 @@ fn errors_are_reported() {
     let spec = ScSpec::default();
     let a = Tensor::zeros((1, 3, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
     let w = Tensor::zeros((2, 4, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
-    let err = approx_hw::sc::conv2d(&a, &w, &spec, Conv2dParams::default()).unwrap_err().to_string();
-    assert!(err.contains("4 input channels") && err.contains("has 3"), "{err}");
+    let err = approx_hw::sc::conv2d(&a, &w, &spec, Conv2dParams::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("4 input channels") && err.contains("has 3"),
+        "{err}"
+    );
     let w = Tensor::zeros((2, 3, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
-    let err = approx_hw::sc::conv2d(&a, &w, &spec, Conv2dParams::default()).unwrap_err().to_string();
+    let err = approx_hw::sc::conv2d(&a, &w, &spec, Conv2dParams::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("larger than the padded input"), "{err}");
     let w = Tensor::zeros((2, 3, 3, 3), candle_core::DType::F64, &Device::Cpu).unwrap();
-    let err = approx_hw::sc::conv2d(&a, &w, &spec, Conv2dParams::default()).unwrap_err().to_string();
+    let err = approx_hw::sc::conv2d(&a, &w, &spec, Conv2dParams::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("weight must be f32"), "{err}");
-    let err = approx_hw::sc::linear(&a, &a, &spec).unwrap_err().to_string();
+    let err = approx_hw::sc::linear(&a, &a, &spec)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("rank 2"), "{err}");
 }

@@ -6,7 +6,12 @@ use approx_hw::workload::TINYCONV;
 use approx_hw::HwSpec;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
-const SPECS: [&str; 4] = ["sc:len=64,acc=or1", "sc:len=64,acc=or2", "sc:len=64,acc=exact", "sc:len=256,acc=or2"];
+const SPECS: [&str; 4] = [
+    "sc:len=64,acc=or1",
+    "sc:len=64,acc=or2",
+    "sc:len=64,acc=exact",
+    "sc:len=256,acc=or2",
+];
 
 fn spec(s: &str) -> ScSpec {
     match s.parse::<HwSpec>() {
@@ -21,7 +26,11 @@ fn sc_conv(c: &mut Criterion) {
         let mut group = c.benchmark_group(layer.name);
         group.sample_size(10);
         group.bench_function("candle_f32", |b| {
-            b.iter(|| input.conv2d(&weight, layer.padding, 1, 1, 1).expect("candle conv2d"))
+            b.iter(|| {
+                input
+                    .conv2d(&weight, layer.padding, 1, 1, 1)
+                    .expect("candle conv2d")
+            })
         });
         for s in SPECS {
             let spec = spec(s);
@@ -32,7 +41,11 @@ fn sc_conv(c: &mut Criterion) {
         // The portable fallback, to show what the std::arch kernels buy.
         let portable = ScOp::conv2d(spec(SPECS[1]), layer.params()).with_isa(Isa::Portable);
         group.bench_function(BenchmarkId::new("sc-portable", SPECS[1]), |b| {
-            b.iter(|| input.apply_op2_no_bwd(&weight, &portable).expect("portable sc conv2d"))
+            b.iter(|| {
+                input
+                    .apply_op2_no_bwd(&weight, &portable)
+                    .expect("portable sc conv2d")
+            })
         });
         group.finish();
     }

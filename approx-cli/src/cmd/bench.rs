@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use approx_hw::{sc, ConvGeometry, HwSpec};
 use approx_hw::workload::TINYCONV;
+use approx_hw::{sc, ConvGeometry, HwSpec};
 use candle_core::Tensor;
 use serde::Serialize;
 
@@ -20,7 +20,9 @@ pub struct Args {
 enum BenchCommand {
     /// Time each hardware kernel on TinyConv's four conv layers (batch 64, CIFAR shapes)
     /// next to candle's f32 conv2d.
-    #[command(after_help = "Example:\n  approx bench kernels --hw sc:len=64,acc=or1 --hw sc:len=64,acc=exact --json")]
+    #[command(
+        after_help = "Example:\n  approx bench kernels --hw sc:len=64,acc=or1 --hw sc:len=64,acc=exact --json"
+    )]
     Kernels(KernelArgs),
 }
 
@@ -89,7 +91,10 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
     };
     let specs = hw
         .iter()
-        .map(|s| s.parse::<HwSpec>().with_context(|| format!("bad --hw `{s}`")))
+        .map(|s| {
+            s.parse::<HwSpec>()
+                .with_context(|| format!("bad --hw `{s}`"))
+        })
         .collect::<Result<Vec<_>>>()?;
     for name in &args.layers {
         if !TINYCONV.iter().any(|l| l.name == name) {
@@ -146,10 +151,18 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&records)?);
     } else {
-        println!("{:<6} {:<34} {:>10} {:>10} {:>8} {:>14}", "layer", "hw", "ms", "f32 ms", "ratio", "G bit-MAC/s");
+        println!(
+            "{:<6} {:<34} {:>10} {:>10} {:>8} {:>14}",
+            "layer", "hw", "ms", "f32 ms", "ratio", "G bit-MAC/s"
+        );
         for r in &records {
-            let gbm = r.bit_macs_per_s.map_or("-".to_string(), |v| format!("{:.0}", v / 1e9));
-            println!("{:<6} {:<34} {:>10.2} {:>10.2} {:>8.2} {:>14}", r.layer, r.hw, r.ms, r.f32_ms, r.ratio, gbm);
+            let gbm = r
+                .bit_macs_per_s
+                .map_or("-".to_string(), |v| format!("{:.0}", v / 1e9));
+            println!(
+                "{:<6} {:<34} {:>10.2} {:>10.2} {:>8.2} {:>14}",
+                r.layer, r.hw, r.ms, r.f32_ms, r.ratio, gbm
+            );
         }
     }
     Ok(())

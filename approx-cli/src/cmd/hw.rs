@@ -25,7 +25,10 @@ pub fn run(args: Args) -> Result<()> {
             for kind in KINDS {
                 println!("{:<8} {}", kind.kind, kind.summary);
                 for key in kind.keys {
-                    println!("  {:<6} default {:<10} {}; {}", key.key, key.default, key.summary, key.allowed);
+                    println!(
+                        "  {:<6} default {:<10} {}; {}",
+                        key.key, key.default, key.summary, key.allowed
+                    );
                 }
             }
             Ok(())

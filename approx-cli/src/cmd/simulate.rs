@@ -20,7 +20,9 @@ pub enum Op {
 
 /// Arguments of `approx simulate`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Example:\n  approx simulate --hw sc:len=64,acc=or2 --op conv2d --padding 2 \\\n      --input examples/conv2.safetensors --output out.safetensors")]
+#[command(
+    after_help = "Example:\n  approx simulate --hw sc:len=64,acc=or2 --op conv2d --padding 2 \\\n      --input examples/conv2.safetensors --output out.safetensors"
+)]
 pub struct Args {
     /// Hardware spec, e.g. `sc:len=64,acc=or2` (see `approx hw list`).
     #[arg(long)]
@@ -45,12 +47,16 @@ pub struct Args {
 
 /// Runs `approx simulate`.
 pub fn run(args: Args) -> Result<()> {
-    let spec: HwSpec = args.hw.parse().with_context(|| format!("bad --hw `{}`", args.hw))?;
+    let spec: HwSpec = args
+        .hw
+        .parse()
+        .with_context(|| format!("bad --hw `{}`", args.hw))?;
     let file = TensorFile::read(&args.input)?;
     let input = file.f32_tensor("input")?;
     let weight = file.f32_tensor("weight")?;
     let params = Conv2dParams::new(args.stride, args.padding);
-    let what = || format!("{:?} of `{}`", args.op, args.input.display());
+    let op_name = format!("{:?}", args.op).to_lowercase();
+    let what = || format!("--op {op_name} on `{}`", args.input.display());
     match args.op {
         Op::Conv2d => ConvGeometry::conv2d(input.dims(), weight.dims(), params).map(drop),
         Op::Linear => ConvGeometry::linear(input.dims(), weight.dims()).map(drop),
@@ -59,17 +65,32 @@ pub fn run(args: Args) -> Result<()> {
     let output = forward(&spec, args.op, &input, &weight, params).with_context(what)?;
     let metadata = HashMap::from([
         ("approx.hw".to_string(), spec.to_string()),
-        ("approx.op".to_string(), format!("{:?}", args.op).to_lowercase()),
-        ("approx.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("approx.op".to_string(), op_name.clone()),
+        (
+            "approx.version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
     ]);
     write_safetensors(&args.output, &[("output", &output)], metadata)?;
-    tracing::info!("wrote `{}` with output {:?}", args.output.display(), output.dims());
+    tracing::info!(
+        "wrote `{}` with output {:?}",
+        args.output.display(),
+        output.dims()
+    );
     Ok(())
 }
 
-fn forward(spec: &HwSpec, op: Op, input: &Tensor, weight: &Tensor, params: Conv2dParams) -> Result<Tensor> {
+fn forward(
+    spec: &HwSpec,
+    op: Op,
+    input: &Tensor,
+    weight: &Tensor,
+    params: Conv2dParams,
+) -> Result<Tensor> {
     Ok(match (spec, op) {
-        (HwSpec::Exact, Op::Conv2d) => input.conv2d(weight, params.padding.0, params.stride.0, 1, 1)?,
+        (HwSpec::Exact, Op::Conv2d) => {
+            input.conv2d(weight, params.padding.0, params.stride.0, 1, 1)?
+        }
         (HwSpec::Exact, Op::Linear) => input.matmul(&weight.t()?)?,
         (HwSpec::Sc(sc), Op::Conv2d) => sc::conv2d(input, weight, sc, params)?,
         (HwSpec::Sc(sc), Op::Linear) => sc::linear(input, weight, sc)?,

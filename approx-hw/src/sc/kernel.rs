@@ -120,7 +120,9 @@ impl KernelArgs<'_> {
         let per_image = self.out_size.0 * self.out_size.1;
         let (img, p) = (g / per_image, g % per_image);
         let (oy, ox) = (p / self.out_size.1, p % self.out_size.1);
-        img * self.image_words + oy * self.stride.0 * self.row_stride + ox * self.stride.1 * self.pixel_words
+        img * self.image_words
+            + oy * self.stride.0 * self.row_stride
+            + ox * self.stride.1 * self.pixel_words
     }
 }
 
@@ -149,9 +151,11 @@ unsafe fn pixel_block<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>
             let mut acc = [[[C::new(); 2]; NR]; MR];
             let wbase = k.weights.as_ptr().add(o0 * w_chan);
             for i in 0..k.kernel_rows {
-                let arow: [*const u64; MR] = std::array::from_fn(|m| field[m].add(i * k.row_stride));
-                let wrow: [[*const u64; 2]; NR] =
-                    std::array::from_fn(|r| std::array::from_fn(|p| wbase.add(r * w_chan + p * w_pol + i * k.run)));
+                let arow: [*const u64; MR] =
+                    std::array::from_fn(|m| field[m].add(i * k.row_stride));
+                let wrow: [[*const u64; 2]; NR] = std::array::from_fn(|r| {
+                    std::array::from_fn(|p| wbase.add(r * w_chan + p * w_pol + i * k.run))
+                });
                 for v in (0..k.run).step_by(V::WORDS) {
                     accumulate::<V, C, MR, NR>(&mut acc, &arow, &wrow, v);
                 }
@@ -254,13 +258,28 @@ fn select(isa: Isa, acc: Accumulation) -> BlockFn {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if isa.is_supported() => {
-            select_block!(block_avx512, Avx512, acc, [(4, 2), (4, 2), (2, 2), (1, 2), (1, 2), (1, 1)])
+            select_block!(
+                block_avx512,
+                Avx512,
+                acc,
+                [(4, 2), (4, 2), (2, 2), (1, 2), (1, 2), (1, 1)]
+            )
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_supported() => {
-            select_block!(block_avx2, Avx2, acc, [(2, 2), (2, 2), (2, 1), (1, 1), (1, 1), (1, 1)])
+            select_block!(
+                block_avx2,
+                Avx2,
+                acc,
+                [(2, 2), (2, 2), (2, 1), (1, 1), (1, 1), (1, 1)]
+            )
         }
-        _ => select_block!(block_portable, Portable, acc, [(2, 1), (2, 1), (1, 1), (1, 1), (1, 1), (1, 1)]),
+        _ => select_block!(
+            block_portable,
+            Portable,
+            acc,
+            [(2, 1), (2, 1), (1, 1), (1, 1), (1, 1), (1, 1)]
+        ),
     }
 }
 
@@ -271,7 +290,12 @@ pub(crate) struct Counts {
 }
 
 /// Weight streams `[O padded to MAX_NR][polarity][KH][padded run of KW·pixel words]`.
-fn weight_streams(geo: &ConvGeometry, weight: Strided4, gen: &StreamGenerator, layout: StreamLayout) -> Vec<u64> {
+fn weight_streams(
+    geo: &ConvGeometry,
+    weight: Strided4,
+    gen: &StreamGenerator,
+    layout: StreamLayout,
+) -> Vec<u64> {
     let (kh, kw) = geo.kernel;
     let c_count = geo.in_channels;
     let pw = layout.pixel_words(c_count);
@@ -295,7 +319,8 @@ fn weight_streams(geo: &ConvGeometry, weight: Strided4, gen: &StreamGenerator, l
                             if v == 0 {
                                 continue;
                             }
-                            let stream = gen.stream(v, seed_index, Operand::Weight, element, &mut buf);
+                            let stream =
+                                gen.stream(v, seed_index, Operand::Weight, element, &mut buf);
                             let at = (pol * kh + i) * run + j * pw;
                             layout.place(&mut dst[at..at + pw], c, stream);
                         }
@@ -341,7 +366,13 @@ fn image_streams(
 
 /// Runs the SC conv `geo` of `spec` on `isa` (falling back to portable code if the CPU
 /// lacks it) and returns the P and N counts.
-pub(crate) fn conv_counts(geo: &ConvGeometry, input: Strided4, weight: Strided4, spec: &ScSpec, isa: Isa) -> Counts {
+pub(crate) fn conv_counts(
+    geo: &ConvGeometry,
+    input: Strided4,
+    weight: Strided4,
+    spec: &ScSpec,
+    isa: Isa,
+) -> Counts {
     let layout = StreamLayout { len: spec.len() };
     let gen = StreamGenerator::new(spec);
     let pw = layout.pixel_words(geo.in_channels);
@@ -363,7 +394,11 @@ pub(crate) fn conv_counts(geo: &ConvGeometry, input: Strided4, weight: Strided4,
     let mut neg = vec![0u32; pos.len()];
     let chunk_images = (ACT_CHUNK_WORDS / image_words).clamp(1, geo.batch);
     let chunk_out = chunk_images * per_image * o_count;
-    for (chunk, (pos, neg)) in pos.chunks_mut(chunk_out).zip(neg.chunks_mut(chunk_out)).enumerate() {
+    for (chunk, (pos, neg)) in pos
+        .chunks_mut(chunk_out)
+        .zip(neg.chunks_mut(chunk_out))
+        .enumerate()
+    {
         let first = chunk * chunk_images;
         let images = pos.len() / (per_image * o_count);
         // RUN_ALIGN slack words: the last run's padding may read past the last image.
@@ -405,7 +440,10 @@ fn nhwc_to_nchw(src: &[u32], geo: &ConvGeometry) -> Vec<u32> {
         return src.to_vec();
     }
     let mut out = vec![0u32; src.len()];
-    for (dst, src) in out.chunks_mut(o_count * pixels).zip(src.chunks(o_count * pixels)) {
+    for (dst, src) in out
+        .chunks_mut(o_count * pixels)
+        .zip(src.chunks(o_count * pixels))
+    {
         for p in 0..pixels {
             for o in 0..o_count {
                 dst[o * pixels + p] = src[p * o_count + o];

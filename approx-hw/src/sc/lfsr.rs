@@ -79,11 +79,31 @@ mod tests {
     /// First states from spec §2.1 (XOR from seed 1, XNOR from seed 0).
     const GOLDEN: [(u32, &[u32], &[u32]); 6] = [
         (3, &[2, 5, 3, 7, 6, 4, 1], &[1, 3, 6, 5, 2, 4, 0]),
-        (4, &[2, 4, 9, 3, 6, 13, 10, 5, 11, 7], &[1, 3, 7, 14, 13, 11, 6, 12, 9, 2]),
-        (5, &[2, 4, 9, 18, 5, 11, 22, 12, 25, 19], &[1, 3, 7, 14, 28, 25, 18, 4, 8, 17]),
-        (6, &[2, 4, 8, 16, 33, 3, 6, 12, 24, 49], &[1, 3, 7, 15, 31, 62, 61, 59, 55, 47]),
-        (7, &[2, 4, 8, 16, 32, 65, 3, 6, 12, 24], &[1, 3, 7, 15, 31, 63, 126, 125, 123, 119]),
-        (8, &[2, 4, 8, 17, 35, 71, 142, 28, 56, 113], &[1, 3, 7, 15, 30, 61, 122, 244, 232, 208]),
+        (
+            4,
+            &[2, 4, 9, 3, 6, 13, 10, 5, 11, 7],
+            &[1, 3, 7, 14, 13, 11, 6, 12, 9, 2],
+        ),
+        (
+            5,
+            &[2, 4, 9, 18, 5, 11, 22, 12, 25, 19],
+            &[1, 3, 7, 14, 28, 25, 18, 4, 8, 17],
+        ),
+        (
+            6,
+            &[2, 4, 8, 16, 33, 3, 6, 12, 24, 49],
+            &[1, 3, 7, 15, 31, 62, 61, 59, 55, 47],
+        ),
+        (
+            7,
+            &[2, 4, 8, 16, 32, 65, 3, 6, 12, 24],
+            &[1, 3, 7, 15, 31, 63, 126, 125, 123, 119],
+        ),
+        (
+            8,
+            &[2, 4, 8, 17, 35, 71, 142, 28, 56, 113],
+            &[1, 3, 7, 15, 30, 61, 122, 244, 232, 208],
+        ),
     ];
 
     #[test]
@@ -107,10 +127,17 @@ mod tests {
                 sorted.sort_unstable();
                 sorted.dedup();
                 assert_eq!(sorted.len(), r.period() as usize, "L={l} {fb:?}");
-                assert_eq!(*seq.last().unwrap(), start, "L={l} {fb:?} returns to its seed");
+                assert_eq!(
+                    *seq.last().unwrap(),
+                    start,
+                    "L={l} {fb:?} returns to its seed"
+                );
             }
             // XNOR from seed k is the complement of XOR from seed (2^L − 1) − k.
-            let (x, n) = (Lfsr::new(l, Feedback::Xor).unwrap(), Lfsr::new(l, Feedback::Xnor).unwrap());
+            let (x, n) = (
+                Lfsr::new(l, Feedback::Xor).unwrap(),
+                Lfsr::new(l, Feedback::Xnor).unwrap(),
+            );
             let p = x.period();
             for k in 0..p {
                 let a = n.states(k, 20);

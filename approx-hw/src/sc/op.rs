@@ -119,7 +119,13 @@ impl CustomOp2 for ScOp {
         "sc"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (CpuStorage::F32(a), CpuStorage::F32(w)) = (s1, s2) else {
             return Err(candle_core::Error::Msg(format!(
                 "SC layers take f32 input and weight, got {:?} and {:?}",
@@ -136,7 +142,10 @@ impl CustomOp2 for ScOp {
 
 fn check_f32(what: &str, t: &Tensor) -> Result<()> {
     if t.dtype() != candle_core::DType::F32 {
-        return Err(HwError::DType(format!("{what} must be f32, got {:?}", t.dtype())));
+        return Err(HwError::DType(format!(
+            "{what} must be f32, got {:?}",
+            t.dtype()
+        )));
     }
     Ok(())
 }
@@ -166,13 +175,27 @@ fn split_counts(both: Tensor) -> Result<ScCounts> {
 }
 
 /// The SC conv2d of `input` (NCHW, f32) with `weight` (OIHW, f32): `(P − N) / B`.
-pub fn conv2d(input: &Tensor, weight: &Tensor, spec: &ScSpec, params: Conv2dParams) -> Result<Tensor> {
+pub fn conv2d(
+    input: &Tensor,
+    weight: &Tensor,
+    spec: &ScSpec,
+    params: Conv2dParams,
+) -> Result<Tensor> {
     apply(ScOp::conv2d(*spec, params), input, weight)
 }
 
 /// The P and N counts of [`conv2d`].
-pub fn conv2d_counts(input: &Tensor, weight: &Tensor, spec: &ScSpec, params: Conv2dParams) -> Result<ScCounts> {
-    split_counts(apply(ScOp::conv2d(*spec, params).with_counts(), input, weight)?)
+pub fn conv2d_counts(
+    input: &Tensor,
+    weight: &Tensor,
+    spec: &ScSpec,
+    params: Conv2dParams,
+) -> Result<ScCounts> {
+    split_counts(apply(
+        ScOp::conv2d(*spec, params).with_counts(),
+        input,
+        weight,
+    )?)
 }
 
 /// The SC linear layer of `input` (`[N, K]`, f32) with `weight` (`[O, K]`, f32).

@@ -192,7 +192,10 @@ mod tests {
     fn any_spec() -> impl Strategy<Value = ScSpec> {
         (
             3u32..=8,
-            prop_oneof![(1u8..=16).prop_map(Accumulation::Or), Just(Accumulation::Exact)],
+            prop_oneof![
+                (1u8..=16).prop_map(Accumulation::Or),
+                Just(Accumulation::Exact)
+            ],
             prop_oneof![
                 Just(Generator::LfsrXnor),
                 Just(Generator::LfsrXor),

@@ -102,9 +102,8 @@ impl LfsrTable {
         static TABLES: [OnceLock<LfsrTable>; 12] = [const { OnceLock::new() }; 12];
         let slot = (log2_len as usize - 3) * 2 + usize::from(feedback == Feedback::Xnor);
         TABLES[slot].get_or_init(|| {
-            let lfsr = Lfsr::new(log2_len, feedback).unwrap_or_else(|| {
-                unreachable!("ScSpec guarantees 3 ≤ L ≤ 8, got {log2_len}")
-            });
+            let lfsr = Lfsr::new(log2_len, feedback)
+                .unwrap_or_else(|| unreachable!("ScSpec guarantees 3 ≤ L ≤ 8, got {log2_len}"));
             LfsrTable::build(lfsr)
         })
     }
@@ -197,7 +196,13 @@ impl StreamGenerator {
     /// `gen=random`: byte `cycle mod 8` of `mix(key ^ cycle/8)` with
     /// `key = mix(mix(seed ^ operand) ^ element)`, masked to L bits. Public so that
     /// reference models can rebuild the same streams bit by bit.
-    pub fn random_threshold(seed: u64, operand: Operand, element: u64, cycle: usize, len: usize) -> u32 {
+    pub fn random_threshold(
+        seed: u64,
+        operand: Operand,
+        element: u64,
+        cycle: usize,
+        len: usize,
+    ) -> u32 {
         let bytes = mix(random_key(seed, operand, element) ^ (cycle / 8) as u64);
         byte_threshold(bytes, cycle % 8, len)
     }
@@ -255,9 +260,17 @@ mod tests {
         // s1 = first state after the seed.
         for log2_len in 3..=8 {
             for gen in [Generator::LfsrXnor, Generator::LfsrXor] {
-                let spec = ScSpec { log2_len, gen, ..ScSpec::default() };
+                let spec = ScSpec {
+                    log2_len,
+                    gen,
+                    ..ScSpec::default()
+                };
                 let g = StreamGenerator::new(&spec);
-                let feedback = if gen == Generator::LfsrXor { Feedback::Xor } else { Feedback::Xnor };
+                let feedback = if gen == Generator::LfsrXor {
+                    Feedback::Xor
+                } else {
+                    Feedback::Xnor
+                };
                 let lfsr = Lfsr::new(log2_len, feedback).unwrap();
                 let off = usize::from(gen == Generator::LfsrXor);
                 for seed_index in [0usize, 13, 40, 1000] {
@@ -269,7 +282,11 @@ mod tests {
                             Generator::LfsrXnor => v + u32::from(v > s1),
                             _ => v - 1 + u32::from(v > s1),
                         };
-                        assert_eq!(ones(&g, v, seed_index), expect, "L={log2_len} {gen:?} seed {seed} v {v}");
+                        assert_eq!(
+                            ones(&g, v, seed_index),
+                            expect,
+                            "L={log2_len} {gen:?} seed {seed} v {v}"
+                        );
                     }
                 }
             }
@@ -279,14 +296,21 @@ mod tests {
     #[test]
     fn rexsc_golden_stream_l5() {
         // §10.1: L=5, weight seed 13 (XNOR) / 14 (XOR); bits are `v > state_t`.
-        let xnor = StreamGenerator::new(&ScSpec { log2_len: 5, ..ScSpec::default() });
+        let xnor = StreamGenerator::new(&ScSpec {
+            log2_len: 5,
+            ..ScSpec::default()
+        });
         let mut buf = [0; 4];
         let bits = xnor.stream(10, WEIGHT_SEED_BASE, Operand::Weight, 0, &mut buf)[0];
         let states = [26u64, 20, 9, 19, 6, 12, 24, 16, 0, 1];
         for (t, s) in states.iter().enumerate() {
             assert_eq!((bits >> t) & 1, u64::from(10 > *s), "cycle {t}");
         }
-        let xor = StreamGenerator::new(&ScSpec { log2_len: 5, gen: Generator::LfsrXor, ..ScSpec::default() });
+        let xor = StreamGenerator::new(&ScSpec {
+            log2_len: 5,
+            gen: Generator::LfsrXor,
+            ..ScSpec::default()
+        });
         let bits = xor.stream(22, WEIGHT_SEED_BASE, Operand::Weight, 0, &mut buf)[0];
         let states = [29u64, 26, 21, 10, 20, 8, 16, 1, 2, 4];
         for (t, s) in states.iter().enumerate() {
@@ -296,22 +320,47 @@ mod tests {
 
     #[test]
     fn random_streams_are_seeded_and_unbiased() {
-        let spec = |seed| ScSpec { log2_len: 8, gen: Generator::Random { seed }, ..ScSpec::default() };
-        let (a, b) = (StreamGenerator::new(&spec(1)), StreamGenerator::new(&spec(2)));
+        let spec = |seed| ScSpec {
+            log2_len: 8,
+            gen: Generator::Random { seed },
+            ..ScSpec::default()
+        };
+        let (a, b) = (
+            StreamGenerator::new(&spec(1)),
+            StreamGenerator::new(&spec(2)),
+        );
         let (mut x, mut y) = ([0; 4], [0; 4]);
-        assert_eq!(a.stream(100, 0, Operand::Input, 5, &mut x).to_vec(), a.stream(100, 0, Operand::Input, 5, &mut y).to_vec());
-        assert_ne!(a.stream(100, 0, Operand::Input, 5, &mut x).to_vec(), b.stream(100, 0, Operand::Input, 5, &mut y).to_vec());
-        assert_ne!(a.stream(100, 0, Operand::Input, 5, &mut x).to_vec(), a.stream(100, 0, Operand::Weight, 5, &mut y).to_vec());
+        assert_eq!(
+            a.stream(100, 0, Operand::Input, 5, &mut x).to_vec(),
+            a.stream(100, 0, Operand::Input, 5, &mut y).to_vec()
+        );
+        assert_ne!(
+            a.stream(100, 0, Operand::Input, 5, &mut x).to_vec(),
+            b.stream(100, 0, Operand::Input, 5, &mut y).to_vec()
+        );
+        assert_ne!(
+            a.stream(100, 0, Operand::Input, 5, &mut x).to_vec(),
+            a.stream(100, 0, Operand::Weight, 5, &mut y).to_vec()
+        );
         // Mean ones over many elements ≈ v.
         let total: u32 = (0..4000u64)
-            .map(|e| a.stream(64, 0, Operand::Input, e, &mut x).iter().map(|w| w.count_ones()).sum::<u32>())
+            .map(|e| {
+                a.stream(64, 0, Operand::Input, e, &mut x)
+                    .iter()
+                    .map(|w| w.count_ones())
+                    .sum::<u32>()
+            })
             .sum();
         let mean = total as f64 / 4000.0;
         assert!((mean - 64.0).abs() < 0.5, "mean ones {mean}");
         let bits = a.stream(100, 0, Operand::Input, 5, &mut x).to_vec();
         for t in 0..256 {
             let th = StreamGenerator::random_threshold(1, Operand::Input, 5, t, 256);
-            assert_eq!((bits[t / 64] >> (t % 64)) & 1, u64::from(100 > th), "cycle {t}");
+            assert_eq!(
+                (bits[t / 64] >> (t % 64)) & 1,
+                u64::from(100 > th),
+                "cycle {t}"
+            );
         }
     }
 }

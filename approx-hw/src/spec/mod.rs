@@ -170,7 +170,10 @@ mod tests {
     fn exact_parses_and_refuses_keys() {
         assert_eq!("exact".parse::<HwSpec>().unwrap(), HwSpec::Exact);
         let err = "exact:len=3".parse::<HwSpec>().unwrap_err();
-        assert!(err.to_string().contains("unknown key `len` for `exact`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown key `len` for `exact`"),
+            "{err}"
+        );
     }
 
     #[test]

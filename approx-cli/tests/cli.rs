@@ -1,0 +1,348 @@
+//! End-to-end tests of the `approx` binary: success paths cross-checked against the
+//! library, and every error path with its exit code, message and (absent) output file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use approx_hw::{sc, Conv2dParams, HwSpec};
+use candle_core::{Device, Tensor};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+fn approx(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_approx"))
+        .args(args)
+        .output()
+        .expect("run approx")
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sc-conv.safetensors")
+}
+
+/// Writes a safetensors file of raw little-endian tensors `(name, dtype, shape, bytes)`.
+fn write_file(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+fn f32_bytes(n: usize, value: f32) -> Vec<u8> {
+    (0..n).flat_map(|_| value.to_le_bytes()).collect()
+}
+
+fn read_output(path: &Path) -> (Vec<usize>, Vec<f32>, HashMap<String, String>) {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("output").unwrap();
+    assert_eq!(t.dtype(), Dtype::F32);
+    let values = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (
+        t.shape().to_vec(),
+        values,
+        meta.metadata().clone().unwrap_or_default(),
+    )
+}
+
+fn example_tensors() -> (Tensor, Tensor) {
+    let bytes = std::fs::read(example()).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let load = |name: &str| {
+        let v = st.tensor(name).unwrap();
+        let data: Vec<f32> = v
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        Tensor::from_vec(data, v.shape(), &Device::Cpu).unwrap()
+    };
+    (load("input"), load("weight"))
+}
+
+#[test]
+fn simulate_sc_conv_matches_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let spec = "sc:len=32,acc=or2";
+    let o = approx(&[
+        "simulate",
+        "--hw",
+        spec,
+        "--op",
+        "conv2d",
+        "--padding",
+        "2",
+        "--stride",
+        "2",
+        "--input",
+        example().to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (shape, values, meta) = read_output(&out);
+    assert_eq!(shape, [2, 16, 6, 6]);
+    assert_eq!(meta["approx.hw"], "sc:len=32,acc=or2,gen=lfsr-xnor");
+    assert_eq!(meta["approx.op"], "conv2d");
+    let (input, weight) = example_tensors();
+    let HwSpec::Sc(sc) = spec.parse().unwrap() else {
+        unreachable!()
+    };
+    let expect: Vec<f32> = sc::conv2d(&input, &weight, &sc, Conv2dParams::new(2, 2))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(values, expect);
+    assert!(values.iter().any(|v| *v != 0.0), "all-zero output");
+}
+
+#[test]
+fn simulate_exact_and_linear() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exact.safetensors");
+    let o = approx(&[
+        "simulate",
+        "--hw",
+        "exact",
+        "--op",
+        "conv2d",
+        "--padding",
+        "2",
+        "--input",
+        example().to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (input, weight) = example_tensors();
+    let expect: Vec<f32> = input
+        .conv2d(&weight, 2, 1, 1, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(read_output(&out).1, expect);
+
+    let lin = dir.path().join("linear.safetensors");
+    let input: Vec<u8> = (0..3 * 40)
+        .flat_map(|i| ((i % 7) as f32 / 16.0).to_le_bytes())
+        .collect();
+    let weight: Vec<u8> = (0..5 * 40)
+        .flat_map(|i| ((i % 9) as f32 / 16.0 - 0.25).to_le_bytes())
+        .collect();
+    write_file(
+        &lin,
+        &[
+            ("input", Dtype::F32, vec![3, 40], input),
+            ("weight", Dtype::F32, vec![5, 40], weight),
+        ],
+    );
+    let out = dir.path().join("lin-out.safetensors");
+    let o = approx(&[
+        "simulate",
+        "--hw",
+        "sc:len=16,acc=or4",
+        "--op",
+        "linear",
+        "--input",
+        lin.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (shape, values, _) = read_output(&out);
+    assert_eq!(shape, [3, 5]);
+    assert!(
+        values.iter().all(|v| (v * 16.0).fract() == 0.0),
+        "SC outputs are multiples of 1/B"
+    );
+}
+
+/// Runs a failing simulate and checks exit code, message and that no output appeared.
+fn expect_failure(input: &Path, hw: &str, op: &str, needle: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let o = approx(&[
+        "simulate",
+        "--hw",
+        hw,
+        "--op",
+        op,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "output folder not empty"
+    );
+}
+
+#[test]
+fn simulate_bad_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    write_file(
+        &p("missing.st"),
+        &[("input", Dtype::F32, vec![1, 2, 4, 4], f32_bytes(32, 0.5))],
+    );
+    expect_failure(
+        &p("missing.st"),
+        "sc",
+        "conv2d",
+        "has no tensor `weight` (it has: input)",
+    );
+
+    write_file(
+        &p("rank.st"),
+        &[
+            ("input", Dtype::F32, vec![2, 4, 4], f32_bytes(32, 0.5)),
+            ("weight", Dtype::F32, vec![3, 2, 3, 3], f32_bytes(54, 0.1)),
+        ],
+    );
+    expect_failure(
+        &p("rank.st"),
+        "sc",
+        "conv2d",
+        "rank 4 (NCHW), got shape [2, 4, 4]",
+    );
+
+    write_file(
+        &p("channels.st"),
+        &[
+            ("input", Dtype::F32, vec![1, 2, 4, 4], f32_bytes(32, 0.5)),
+            ("weight", Dtype::F32, vec![3, 5, 3, 3], f32_bytes(135, 0.1)),
+        ],
+    );
+    expect_failure(
+        &p("channels.st"),
+        "sc",
+        "conv2d",
+        "weight has 5 input channels",
+    );
+
+    write_file(
+        &p("dtype.st"),
+        &[
+            ("input", Dtype::F32, vec![1, 2, 4, 4], f32_bytes(32, 0.5)),
+            ("weight", Dtype::F64, vec![3, 2, 3, 3], vec![0u8; 54 * 8]),
+        ],
+    );
+    expect_failure(&p("dtype.st"), "sc", "conv2d", "tensor `weight` in");
+    expect_failure(&p("dtype.st"), "sc", "conv2d", "is F64; expected F32");
+
+    std::fs::write(p("garbage.st"), b"this is not a safetensors file at all").unwrap();
+    expect_failure(
+        &p("garbage.st"),
+        "sc",
+        "conv2d",
+        "is not a valid safetensors file",
+    );
+    expect_failure(&p("does-not-exist.st"), "sc", "conv2d", "cannot read");
+    expect_failure(
+        &example(),
+        "sc:acc=or99",
+        "conv2d",
+        "bad value `or99` for key `acc`",
+    );
+    expect_failure(
+        &example(),
+        "analog-ish",
+        "conv2d",
+        "unknown hardware kind `analog-ish`",
+    );
+    expect_failure(&example(), "sc", "linear", "rank 2");
+}
+
+#[test]
+fn simulate_unwritable_output_fails_cleanly() {
+    let o = approx(&[
+        "simulate",
+        "--hw",
+        "sc",
+        "--op",
+        "conv2d",
+        "--input",
+        example().to_str().unwrap(),
+        "--output",
+        "/nonexistent-dir/out.safetensors",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .contains("cannot write `/nonexistent-dir/out.safetensors`"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(approx(&["simulate", "--hw", "sc"]).status.code(), Some(2));
+    assert_eq!(approx(&["frobnicate"]).status.code(), Some(2));
+}
+
+#[test]
+fn hw_list_names_every_key() {
+    let o = approx(&["hw", "list"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for word in [
+        "exact",
+        "sc",
+        "len",
+        "acc",
+        "gen",
+        "seed",
+        "lfsr-xnor",
+        "or16",
+    ] {
+        assert!(text.contains(word), "missing `{word}` in:\n{text}");
+    }
+}
+
+#[test]
+fn bench_kernels_json_records() {
+    let o = approx(&[
+        "bench",
+        "kernels",
+        "--json",
+        "--batch",
+        "2",
+        "--rounds",
+        "1",
+        "--layer",
+        "conv4",
+        "--hw",
+        "sc:len=8,acc=or1",
+        "--hw",
+        "exact",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["layer"], "conv4");
+    assert_eq!(records[0]["hw"], "sc:len=8,acc=or1,gen=lfsr-xnor");
+    for r in records {
+        for key in ["ms", "f32_ms", "ratio"] {
+            assert!(r[key].as_f64().unwrap() > 0.0, "{key} in {r}");
+        }
+    }
+    let o = approx(&["bench", "kernels", "--layer", "conv9"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown --layer `conv9`"));
+}
