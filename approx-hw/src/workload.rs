@@ -71,7 +71,7 @@ impl ConvLayer {
         let input: Vec<f32> = (0..batch * c * h * w)
             .map(|_| {
                 let r = rng.next();
-                if r % 2 == 0 {
+                if r.is_multiple_of(2) {
                     0.0
                 } else {
                     (r / 2 % 24) as f32 / 128.0

@@ -43,7 +43,7 @@ fn stream_bits(
     operand: Operand,
     element: u64,
 ) -> Vec<bool> {
-    let b = spec.len();
+    let b = spec.stream_len();
     match spec.gen {
         Generator::Random { seed } => (0..b)
             .map(|t| value > StreamGenerator::random_threshold(seed, operand, element, t, b))
@@ -80,7 +80,7 @@ fn reference_conv(
     (ph, pw): (usize, usize),
     spec: &ScSpec,
 ) -> (Vec<u32>, Vec<u32>) {
-    let b = spec.len();
+    let b = spec.stream_len();
     let (hp, wp) = (h + 2 * ph, w + 2 * pw);
     let (oh, ow) = ((hp - kh) / sy + 1, (wp - kw) / sx + 1);
     // Activation bits over the padded input, [n][c][y][x][t].
@@ -175,6 +175,7 @@ fn reference_conv(
 
 /// Reference linear layer from the linear pseudocode: input seeds `k`, weight seeds
 /// `13 + k`, one stream per element.
+#[allow(clippy::needless_range_loop)]
 fn reference_linear(
     input: &[f32],
     n_rows: usize,
@@ -183,7 +184,7 @@ fn reference_linear(
     k_in: usize,
     spec: &ScSpec,
 ) -> (Vec<u32>, Vec<u32>) {
-    let b = spec.len();
+    let b = spec.stream_len();
     let mut pos = vec![0; n_rows * o_out];
     let mut neg = pos.clone();
     for n in 0..n_rows {
@@ -387,7 +388,7 @@ proptest! {
             let value: Vec<f32> = input
                 .apply_op2_no_bwd(&weight, &ScOp::conv2d(case.spec, params).with_isa(isa))
                 .unwrap().flatten_all().unwrap().to_vec1().unwrap();
-            let b = case.spec.len() as f32;
+            let b = case.spec.stream_len() as f32;
             for (i, v) in value.iter().enumerate() {
                 prop_assert_eq!(*v, (p[i] as f32 - q[i] as f32) / b);
             }

@@ -131,7 +131,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
             }
             let ms = median(ms);
             let bits = match spec {
-                HwSpec::Sc(sc) => Some(sc.len() as f64),
+                HwSpec::Sc(sc) => Some(sc.stream_len() as f64),
                 HwSpec::Exact => None,
             };
             let record = Record {

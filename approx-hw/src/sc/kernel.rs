@@ -373,7 +373,9 @@ pub(crate) fn conv_counts(
     spec: &ScSpec,
     isa: Isa,
 ) -> Counts {
-    let layout = StreamLayout { len: spec.len() };
+    let layout = StreamLayout {
+        len: spec.stream_len(),
+    };
     let gen = StreamGenerator::new(spec);
     let pw = layout.pixel_words(geo.in_channels);
     let (hp, wp) = geo.padded_size();

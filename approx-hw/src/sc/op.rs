@@ -95,7 +95,7 @@ impl ScOp {
         };
         Ok(match self.output {
             Output::Value => {
-                let b = self.spec.len() as f32;
+                let b = self.spec.stream_len() as f32;
                 let value = counts
                     .pos
                     .iter()

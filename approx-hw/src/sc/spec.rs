@@ -86,7 +86,7 @@ impl Default for ScSpec {
 
 impl ScSpec {
     /// Stream length B in cycles.
-    pub fn len(&self) -> usize {
+    pub fn stream_len(&self) -> usize {
         1 << self.log2_len
     }
 
@@ -138,7 +138,7 @@ impl fmt::Display for Accumulation {
 
 impl fmt::Display for ScSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sc:len={},acc={},gen=", self.len(), self.acc)?;
+        write!(f, "sc:len={},acc={},gen=", self.stream_len(), self.acc)?;
         match self.gen {
             Generator::LfsrXnor => f.write_str("lfsr-xnor"),
             Generator::LfsrXor => f.write_str("lfsr-xor"),

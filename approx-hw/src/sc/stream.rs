@@ -182,11 +182,11 @@ impl StreamGenerator {
                 StreamGenerator::Lfsr {
                     table: LfsrTable::get(spec.log2_len, feedback),
                     offset: usize::from(feedback == Feedback::Xor),
-                    period: spec.len() - 1,
+                    period: spec.stream_len() - 1,
                 }
             }
             Generator::Random { seed } => StreamGenerator::Random {
-                len: spec.len(),
+                len: spec.stream_len(),
                 seed,
             },
         }
@@ -276,7 +276,7 @@ mod tests {
                 for seed_index in [0usize, 13, 40, 1000] {
                     let seed = seed_index % lfsr.period() as usize + off;
                     let s1 = lfsr.next(seed as u32);
-                    for v in 0..spec.len() as u32 {
+                    for v in 0..spec.stream_len() as u32 {
                         let expect = match gen {
                             _ if v == 0 => 0,
                             Generator::LfsrXnor => v + u32::from(v > s1),
