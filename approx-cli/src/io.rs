@@ -73,23 +73,19 @@ pub fn write_safetensors(
     tensors: &[(&str, &Tensor)],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let mut data = Vec::new();
-    for (name, t) in tensors {
-        let t = t.to_dtype(DType::F32)?.flatten_all()?;
-        let bytes: Vec<u8> = t
-            .to_vec1::<f32>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        data.push((name.to_string(), t.dims().to_vec(), bytes));
-    }
-    let shapes: Vec<Vec<usize>> = tensors.iter().map(|(_, t)| t.dims().to_vec()).collect();
-    let views = data
+    let bytes = tensors
         .iter()
-        .zip(&shapes)
-        .map(|((name, _, bytes), shape)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
+        .map(|(_, t)| -> Result<Vec<u8>> {
+            let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, t), bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.dims().to_vec(), bytes)
+                .map(|v| (name.to_string(), v))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let encoded = safetensors::serialize(views, Some(metadata))?;

@@ -51,7 +51,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Hw(args) => cmd::hw::run(args),
-        Command::Bench(args) => cmd::bench::run(args, cli.quiet),
+        Command::Bench(args) => cmd::bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -82,7 +82,7 @@ fn time_ms(f: &mut impl FnMut() -> Result<Tensor>) -> Result<f64> {
 }
 
 /// Runs `approx bench`.
-pub fn run(args: Args, quiet: bool) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
     let BenchCommand::Kernels(args) = args.command;
     let hw: Vec<String> = if args.hw.is_empty() {
         DEFAULT_HW.iter().map(|s| s.to_string()).collect()
@@ -142,9 +142,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
                 ratio: median(ratios),
                 bit_macs_per_s: bits.map(|b| geo.macs() as f64 * b / (ms / 1e3)),
             };
-            if !quiet && !args.json {
-                tracing::info!("{name} {spec}: {ms:.2} ms");
-            }
+            tracing::info!("{name} {spec}: {ms:.2} ms");
             records.push(record);
         }
     }
