@@ -18,6 +18,15 @@ pub enum HwError {
     /// The layer is larger than the simulator's limits.
     #[error("{0}")]
     TooLarge(String),
+    /// A multiplier table file is unreadable, has the wrong size or an entry out of
+    /// range.
+    #[error("LUT file `{}`: {message}", path.display())]
+    Lut {
+        /// The table file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

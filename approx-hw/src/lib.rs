@@ -17,12 +17,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod analog;
 mod error;
+pub mod fxp;
 mod geometry;
+pub mod im2col;
+mod layer;
+pub mod mult;
+mod rng;
 pub mod sc;
 pub mod spec;
 pub mod workload;
 
 pub use error::{HwError, Result};
 pub use geometry::{Conv2dParams, ConvGeometry, MAX_ELEMENTS};
+pub use layer::{forward, Layer};
 pub use spec::{HwSpec, SpecError};

@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 
 use super::lfsr::{Feedback, Lfsr};
 use super::spec::{Generator, ScSpec};
+use crate::rng::mix;
 
 /// The first LFSR seed index of weights (REX-SC's `POS_SEED = NEG_SEED = 13`).
 pub const WEIGHT_SEED_BASE: usize = 13;
@@ -146,15 +147,6 @@ pub enum StreamGenerator {
         /// Generator seed.
         seed: u64,
     },
-}
-
-/// splitmix64's finaliser: a bijective 64-bit mixer.
-#[inline]
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// The per-element key of the random generator.

@@ -13,6 +13,9 @@ use std::str::FromStr;
 
 pub use keys::{KeyDoc, KeyValues, KindDoc};
 
+use crate::analog::AnalogSpec;
+use crate::fxp::FxpSpec;
+use crate::mult::MultSpec;
 use crate::sc::ScSpec;
 
 /// What went wrong while parsing a hardware spec string. Every variant names the
@@ -85,12 +88,18 @@ pub enum SpecError {
 
 /// A parsed, validated hardware model: which kind of hardware a layer runs on, with
 /// all of that kind's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum HwSpec {
     /// Exact float arithmetic: the reference every other kind is compared with.
     Exact,
     /// Stochastic computing with split-unipolar streams (see [`crate::sc`]).
     Sc(ScSpec),
+    /// Approximate 8-bit multipliers with exact integer sums (see [`crate::mult`]).
+    Mult(MultSpec),
+    /// An analog crossbar with DAC, noise and ADC (see [`crate::analog`]).
+    Analog(AnalogSpec),
+    /// REX-SC's saturating fixed-point baseline (see [`crate::fxp`]).
+    Fxp(FxpSpec),
 }
 
 /// The documentation of every hardware kind and its keys, in the order `approx hw list`
@@ -102,6 +111,9 @@ pub const KINDS: &[KindDoc] = &[
         keys: &[],
     },
     crate::sc::spec::SC_KIND,
+    crate::mult::spec::MULT_KIND,
+    crate::analog::spec::ANALOG_KIND,
+    crate::fxp::spec::FXP_KIND,
 ];
 
 impl HwSpec {
@@ -110,6 +122,9 @@ impl HwSpec {
         match self {
             HwSpec::Exact => "exact",
             HwSpec::Sc(_) => crate::sc::spec::SC_KIND.kind,
+            HwSpec::Mult(_) => crate::mult::spec::MULT_KIND.kind,
+            HwSpec::Analog(_) => crate::analog::spec::ANALOG_KIND.kind,
+            HwSpec::Fxp(_) => crate::fxp::spec::FXP_KIND.kind,
         }
     }
 }
@@ -146,6 +161,9 @@ impl FromStr for HwSpec {
         let spec = match doc.kind {
             "exact" => HwSpec::Exact,
             "sc" => HwSpec::Sc(ScSpec::from_keys(&mut keys)?),
+            "mult" => HwSpec::Mult(MultSpec::from_keys(&mut keys)?),
+            "analog" => HwSpec::Analog(AnalogSpec::from_keys(&mut keys)?),
+            "fxp" => HwSpec::Fxp(FxpSpec::from_keys(&mut keys)?),
             other => unreachable!("kind `{other}` is listed in KINDS but has no parser"),
         };
         keys.finish()?;
@@ -158,6 +176,9 @@ impl fmt::Display for HwSpec {
         match self {
             HwSpec::Exact => f.write_str("exact"),
             HwSpec::Sc(sc) => sc.fmt(f),
+            HwSpec::Mult(m) => m.fmt(f),
+            HwSpec::Analog(a) => a.fmt(f),
+            HwSpec::Fxp(x) => x.fmt(f),
         }
     }
 }
