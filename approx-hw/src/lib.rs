@@ -19,9 +19,11 @@
 
 pub mod analog;
 mod error;
+pub mod error_model;
 pub mod fxp;
 mod geometry;
 pub mod im2col;
+pub mod inspect;
 mod layer;
 pub mod mult;
 mod rng;
@@ -30,6 +32,7 @@ pub mod spec;
 pub mod workload;
 
 pub use error::{HwError, Result};
+pub use error_model::{ErrorModel, PartialSums};
 pub use geometry::{Conv2dParams, ConvGeometry, MAX_ELEMENTS};
 pub use layer::{forward, Layer};
 pub use spec::{HwSpec, SpecError};

@@ -4,8 +4,9 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use approx_hw::mult::MultOp;
 use approx_hw::workload::TINYCONV;
-use approx_hw::{sc, ConvGeometry, HwSpec};
+use approx_hw::{forward, ConvGeometry, HwSpec, Layer};
 use candle_core::Tensor;
 use serde::Serialize;
 
@@ -30,7 +31,7 @@ enum BenchCommand {
 #[derive(Debug, clap::Args)]
 pub struct KernelArgs {
     /// Hardware specs to time (repeatable). Default: SC B=64 with OR-1, OR-2 and exact,
-    /// and B=32 OR-2.
+    /// B=32 OR-2, the exact and Mitchell multipliers, analog and fxp at their defaults.
     #[arg(long = "hw")]
     hw: Vec<String>,
     /// Layers to time (`conv1`..`conv4`); default all.
@@ -47,11 +48,15 @@ pub struct KernelArgs {
     json: bool,
 }
 
-const DEFAULT_HW: [&str; 4] = [
+const DEFAULT_HW: [&str; 8] = [
     "sc:len=64,acc=or1",
     "sc:len=64,acc=or2",
     "sc:len=64,acc=exact",
     "sc:len=32,acc=or2",
+    "mult:design=exact",
+    "mult:design=mitchell",
+    "analog",
+    "fxp",
 ];
 
 /// One measured (layer, hardware) pair.
@@ -112,10 +117,16 @@ pub fn run(args: Args) -> Result<()> {
         let (pad, params) = (layer.padding, layer.params());
         let geo = ConvGeometry::conv2d(input.dims(), weight.dims(), params)?;
         for spec in &specs {
+            // A `mult` op holds its product table: build it once, as a training loop
+            // would, so that the timing is the layer's.
+            let mult = match spec {
+                HwSpec::Mult(m) => Some(MultOp::new(m, Layer::Conv2d(params))?),
+                _ => None,
+            };
             let mut kernel = || -> Result<Tensor> {
-                Ok(match spec {
-                    HwSpec::Exact => input.conv2d(&weight, pad, 1, 1, 1)?,
-                    HwSpec::Sc(sc) => sc::conv2d(&input, &weight, sc, params)?,
+                Ok(match &mult {
+                    Some(op) => op.apply(&input, &weight)?,
+                    None => forward(spec, Layer::Conv2d(params), &input, &weight)?,
                 })
             };
             let mut f32_conv = || -> Result<Tensor> { Ok(input.conv2d(&weight, pad, 1, 1, 1)?) };
@@ -132,7 +143,7 @@ pub fn run(args: Args) -> Result<()> {
             let ms = median(ms);
             let bits = match spec {
                 HwSpec::Sc(sc) => Some(sc.stream_len() as f64),
-                HwSpec::Exact => None,
+                _ => None,
             };
             let record = Record {
                 layer: name.to_string(),

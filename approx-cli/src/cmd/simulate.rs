@@ -4,8 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use approx_hw::{sc, Conv2dParams, ConvGeometry, HwSpec};
-use candle_core::Tensor;
+use approx_hw::{forward, Conv2dParams, HwSpec, Layer};
 
 use crate::io::{write_safetensors, TensorFile};
 
@@ -24,7 +23,8 @@ pub enum Op {
     after_help = "Example:\n  approx simulate --hw sc:len=64,acc=or2 --op conv2d --padding 2 \\\n      --input examples/conv2.safetensors --output out.safetensors"
 )]
 pub struct Args {
-    /// Hardware spec, e.g. `sc:len=64,acc=or2` (see `approx hw list`).
+    /// Hardware spec, e.g. `sc:len=64,acc=or2`, `mult:design=drum4`, `analog`, `fxp`
+    /// (see `approx hw list`).
     #[arg(long)]
     hw: String,
     /// Layer type.
@@ -39,8 +39,8 @@ pub struct Args {
     /// Safetensors file with f32 tensors `input` and `weight`.
     #[arg(long)]
     input: PathBuf,
-    /// Safetensors file to write with the f32 tensor `output` (in value units; for SC
-    /// `(P − N) / len`).
+    /// Safetensors file to write with the f32 tensor `output` (in value units,
+    /// comparable with the exact layer; for SC `(P − N) / len`).
     #[arg(long)]
     output: PathBuf,
 }
@@ -57,12 +57,11 @@ pub fn run(args: Args) -> Result<()> {
     let params = Conv2dParams::new(args.stride, args.padding);
     let op_name = format!("{:?}", args.op).to_lowercase();
     let what = || format!("--op {op_name} on `{}`", args.input.display());
-    match args.op {
-        Op::Conv2d => ConvGeometry::conv2d(input.dims(), weight.dims(), params).map(drop),
-        Op::Linear => ConvGeometry::linear(input.dims(), weight.dims()).map(drop),
-    }
-    .with_context(what)?;
-    let output = forward(&spec, args.op, &input, &weight, params).with_context(what)?;
+    let layer = match args.op {
+        Op::Conv2d => Layer::Conv2d(params),
+        Op::Linear => Layer::Linear,
+    };
+    let output = forward(&spec, layer, &input, &weight).with_context(what)?;
     let metadata = HashMap::from([
         ("approx.hw".to_string(), spec.to_string()),
         ("approx.op".to_string(), op_name.clone()),
@@ -78,21 +77,4 @@ pub fn run(args: Args) -> Result<()> {
         output.dims()
     );
     Ok(())
-}
-
-fn forward(
-    spec: &HwSpec,
-    op: Op,
-    input: &Tensor,
-    weight: &Tensor,
-    params: Conv2dParams,
-) -> Result<Tensor> {
-    Ok(match (spec, op) {
-        (HwSpec::Exact, Op::Conv2d) => {
-            input.conv2d(weight, params.padding.0, params.stride.0, 1, 1)?
-        }
-        (HwSpec::Exact, Op::Linear) => input.matmul(&weight.t()?)?,
-        (HwSpec::Sc(sc), Op::Conv2d) => sc::conv2d(input, weight, sc, params)?,
-        (HwSpec::Sc(sc), Op::Linear) => sc::linear(input, weight, sc)?,
-    })
 }

@@ -1,6 +1,8 @@
 //! Exhaustive error metrics of an 8x8 unsigned multiplier, as `specs/hardware.md`
 //! §d.1 defines them, over all 65,536 input pairs.
 
+use super::MulTable;
+
 /// Error statistics of a multiplier over all unsigned 8-bit operand pairs. With
 /// `ED = |approx − exact|`; relative figures skip the pairs whose exact product is 0.
 /// All percentages are in percent (3.79 means 3.79 %).
@@ -23,37 +25,55 @@ pub struct ErrorMetrics {
 }
 
 impl ErrorMetrics {
-    /// The metrics of `product` (a function of the two unsigned operands).
+    /// The metrics of `product` over all unsigned operand pairs `0..=255`.
     pub fn exhaustive(product: impl Fn(u8, u8) -> i64) -> Self {
+        Self::from_pairs((0..=255u8).flat_map(|a| {
+            let product = &product;
+            (0..=255u8).map(move |b| (product(a, b), i64::from(a) * i64::from(b)))
+        }))
+    }
+
+    /// The metrics of a product table over all 65,536 code pairs: two's-complement
+    /// `−128..=127` for signed tables, `0..=255` for unsigned ones.
+    pub fn of_table(table: &MulTable, signed: bool) -> Self {
+        let codes = if signed { -128..=127 } else { 0..=255 };
+        Self::from_pairs(codes.clone().flat_map(|a| {
+            codes
+                .clone()
+                .map(move |w| (i64::from(table.product(a, w)), i64::from(a) * i64::from(w)))
+        }))
+    }
+
+    /// The metrics of (approximate, exact) product pairs.
+    fn from_pairs(pairs: impl Iterator<Item = (i64, i64)>) -> Self {
         let (mut sum_ed, mut sum_red, mut sum_rel, mut errors) = (0f64, 0f64, 0f64, 0u32);
-        let (mut wce, mut max_rel, mut nonzero) = (0u32, 0f64, 0u32);
-        for a in 0..=255u8 {
-            for b in 0..=255u8 {
-                let exact = i64::from(a) * i64::from(b);
-                let diff = product(a, b) - exact;
-                let ed = diff.unsigned_abs();
-                sum_ed += ed as f64;
-                wce = wce.max(u32::try_from(ed).unwrap_or(u32::MAX));
-                errors += u32::from(ed != 0);
-                if exact != 0 {
-                    nonzero += 1;
-                    let rel = diff as f64 / exact as f64;
-                    sum_red += rel.abs();
-                    sum_rel += rel;
-                    max_rel = max_rel.max(rel.abs());
-                }
+        let (mut wce, mut max_rel, mut nonzero, mut count) = (0u32, 0f64, 0u32, 0u32);
+        for (approx, exact) in pairs {
+            let diff = approx - exact;
+            let ed = diff.unsigned_abs();
+            count += 1;
+            sum_ed += ed as f64;
+            wce = wce.max(u32::try_from(ed).unwrap_or(u32::MAX));
+            errors += u32::from(ed != 0);
+            if exact != 0 {
+                nonzero += 1;
+                let rel = diff as f64 / exact as f64;
+                sum_red += rel.abs();
+                sum_rel += rel;
+                max_rel = max_rel.max(rel.abs());
             }
         }
-        let pairs = 65536.0;
+        let pairs = f64::from(count.max(1));
         let mean_ed = sum_ed / pairs;
+        let nonzero = f64::from(nonzero.max(1));
         Self {
-            mred: 100.0 * sum_red / f64::from(nonzero),
+            mred: 100.0 * sum_red / nonzero,
             nmed: 100.0 * mean_ed / (255.0 * 255.0),
             mae: 100.0 * mean_ed / 65536.0,
             wce,
             max_rel: 100.0 * max_rel,
             error_rate: 100.0 * f64::from(errors) / pairs,
-            bias: 100.0 * sum_rel / f64::from(nonzero),
+            bias: 100.0 * sum_rel / nonzero,
         }
     }
 
@@ -71,6 +91,16 @@ mod tests {
     /// Every row of `specs/hardware.md` table d.1, to its printed precision (formatted as the
     /// table prints them, half to even):
     /// (design, MRED, NMED, MAE, WCE, WCE %, max rel, ER, bias).
+    #[test]
+    fn unsigned_table_metrics_equal_the_design_metrics() {
+        let design = Design::Drum(5);
+        let table = MulTable::from_design(design, false);
+        let direct = ErrorMetrics::exhaustive(|a, b| i64::from(design.product(a, b)));
+        assert_eq!(ErrorMetrics::of_table(&table, false), direct);
+        let signed = ErrorMetrics::of_table(&MulTable::from_design(Design::Exact, true), true);
+        assert_eq!(signed.error_rate, 0.0);
+    }
+
     #[test]
     fn reproduces_table_d1() {
         #[rustfmt::skip]
