@@ -25,46 +25,144 @@ pub fn im2col<T: Copy + Default>(
     let (kh, kw) = geo.kernel;
     let (sy, sx) = geo.params.stride;
     let (py, px) = geo.params.padding;
-    let (_, ow) = geo.out_size();
-    let per_image = geo.out_pixels();
     let len = pixels.len();
     debug_assert_eq!(out.len(), geo.fan_in() * len);
-    for (col, g) in pixels.enumerate() {
-        let (n, p) = (g / per_image, g % per_image);
-        let (oy, ox) = (p / ow, p % ow);
-        let image = &input[n * geo.in_channels * h * w..][..geo.in_channels * h * w];
-        for c in 0..geo.in_channels {
-            let plane = &image[c * h * w..][..h * w];
-            for i in 0..kh {
-                let y = (oy * sy + i).wrapping_sub(py);
-                let row = (c * kh + i) * kw;
-                for j in 0..kw {
-                    let x = (ox * sx + j).wrapping_sub(px);
-                    out[(row + j) * len + col] = if y < h && x < w {
-                        plane[y * w + x]
+    let runs = row_runs(geo, pixels);
+    for c in 0..geo.in_channels {
+        for i in 0..kh {
+            for j in 0..kw {
+                let row = &mut out[((c * kh + i) * kw + j) * len..][..len];
+                for run in &runs {
+                    let dst = &mut row[run.col..run.col + run.width];
+                    let y = (run.oy * sy + i).wrapping_sub(py);
+                    if y >= h {
+                        dst.fill(T::default());
+                        continue;
+                    }
+                    let src = &input[run.image * geo.in_channels * h * w + (c * h + y) * w..][..w];
+                    // Output columns ox whose input column ox·sx + j − px lies inside
+                    // 0..w: ceil((px − j) / sx) <= ox <= (w − 1 + px − j) / sx.
+                    let x_of = |ox: usize| ox * sx + j - px;
+                    let end = run.ox + run.width;
+                    let lo = px.saturating_sub(j).div_ceil(sx);
+                    let hi = (w + px).checked_sub(j + 1).map_or(0, |v| v / sx + 1);
+                    let first = lo.clamp(run.ox, end);
+                    let last = hi.clamp(first, end);
+                    let (lead, rest) = dst.split_at_mut(first - run.ox);
+                    let (body, tail) = rest.split_at_mut(last - first);
+                    lead.fill(T::default());
+                    tail.fill(T::default());
+                    if body.is_empty() {
+                        continue;
+                    }
+                    if sx == 1 {
+                        let x0 = x_of(first);
+                        body.copy_from_slice(&src[x0..x0 + body.len()]);
                     } else {
-                        T::default()
-                    };
+                        for (d, ox) in body.iter_mut().zip(first..last) {
+                            *d = src[x_of(ox)];
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// Writes the layer outputs of the pixels `pixels` from `values[o · len + g]` into the
-/// dense NCHW (or `[N, O]`) output `out`.
+/// A run of consecutive output pixels in one output row of one image.
+struct RowRun {
+    /// Column of the run's first pixel in the chunk.
+    col: usize,
+    /// Image index.
+    image: usize,
+    /// Output row.
+    oy: usize,
+    /// First output column.
+    ox: usize,
+    /// Pixels in the run.
+    width: usize,
+}
+
+/// Splits a range of output pixels into runs along output rows.
+fn row_runs(geo: &ConvGeometry, pixels: Range<usize>) -> Vec<RowRun> {
+    let (_, ow) = geo.out_size();
+    let per_image = geo.out_pixels();
+    let start = pixels.start;
+    let mut runs = Vec::new();
+    let mut g = pixels.start;
+    while g < pixels.end {
+        let (image, p) = (g / per_image, g % per_image);
+        let (oy, ox) = (p / ow, p % ow);
+        let width = (ow - ox).min(pixels.end - g);
+        runs.push(RowRun {
+            col: g - start,
+            image,
+            oy,
+            ox,
+            width,
+        });
+        g += width;
+    }
+    runs
+}
+
+/// Like [`im2col`] but pixel-major: `out[g · fan_in + k]`, each receptive field one
+/// contiguous run (the layout GEMM kernels read fastest as a column-major operand).
+pub fn im2col_pixel_major<T: Copy + Default>(
+    geo: &ConvGeometry,
+    input: &[T],
+    pixels: Range<usize>,
+    out: &mut [T],
+) {
+    let (h, w) = geo.in_size;
+    let (kh, kw) = geo.kernel;
+    let (sy, sx) = geo.params.stride;
+    let (py, px) = geo.params.padding;
+    let fan_in = geo.fan_in();
+    debug_assert_eq!(out.len(), fan_in * pixels.len());
+    for run in row_runs(geo, pixels) {
+        let image = &input[run.image * geo.in_channels * h * w..][..geo.in_channels * h * w];
+        for ox in run.ox..run.ox + run.width {
+            let field = &mut out[(run.col + ox - run.ox) * fan_in..][..fan_in];
+            // Input columns x0 + j for j in 0..kw; those inside 0..w are j in j0..j1.
+            let x0 = (ox * sx) as isize - px as isize;
+            let j0 = (-x0).clamp(0, kw as isize) as usize;
+            let j1 = (w as isize - x0).clamp(j0 as isize, kw as isize) as usize;
+            for c in 0..geo.in_channels {
+                for i in 0..kh {
+                    let dst = &mut field[(c * kh + i) * kw..][..kw];
+                    let y = (run.oy * sy + i).wrapping_sub(py);
+                    if y >= h || j0 == j1 {
+                        dst.fill(T::default());
+                        continue;
+                    }
+                    let src = &image[(c * h + y) * w..][..w];
+                    dst[..j0].fill(T::default());
+                    let start = (x0 + j0 as isize) as usize;
+                    dst[j0..j1].copy_from_slice(&src[start..start + j1 - j0]);
+                    dst[j1..].fill(T::default());
+                }
+            }
+        }
+    }
+}
+
+/// Writes the layer outputs of the pixels `pixels` into the dense NCHW (or `[N, O]`)
+/// output `out`, reading output channel `o` of chunk column `g` from
+/// `values[o · o_stride + g · g_stride]` (`(1, O)` for pixel-major chunks, `(len, 1)`
+/// for channel-major ones).
 pub fn scatter_outputs<T: Copy>(
     geo: &ConvGeometry,
     values: &[T],
+    (o_stride, g_stride): (usize, usize),
     pixels: Range<usize>,
     out: &mut [T],
 ) {
     let per_image = geo.out_pixels();
-    let len = pixels.len();
     for (col, g) in pixels.enumerate() {
         let (n, p) = (g / per_image, g % per_image);
         for o in 0..geo.out_channels {
-            out[(n * geo.out_channels + o) * per_image + p] = values[o * len + col];
+            out[(n * geo.out_channels + o) * per_image + p] = values[o * o_stride + col * g_stride];
         }
     }
 }
@@ -93,8 +191,15 @@ mod tests {
                 1, 3, 7, 9,
             ]
         );
+        let mut pixel_major = vec![-1; 4 * 4];
+        im2col_pixel_major(&geo, &input, 0..4, &mut pixel_major);
+        for k in 0..4 {
+            for g in 0..4 {
+                assert_eq!(pixel_major[g * 4 + k], out[k * 4 + g]);
+            }
+        }
         let mut nchw = vec![0; 4];
-        scatter_outputs(&geo, &[10, 11, 12, 13], 0..4, &mut nchw);
+        scatter_outputs(&geo, &[10, 11, 12, 13], (4, 1), 0..4, &mut nchw);
         assert_eq!(nchw, vec![10, 11, 12, 13]);
     }
 }

@@ -27,6 +27,7 @@ pub mod inspect;
 mod layer;
 pub mod mult;
 mod rng;
+mod round;
 pub mod sc;
 pub mod spec;
 pub mod workload;

@@ -7,9 +7,10 @@ use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 use super::spec::AnalogSpec;
-use crate::im2col::{im2col, scatter_outputs};
+use crate::im2col::{im2col_pixel_major, scatter_outputs};
 use crate::layer::{DenseKernel, Layer};
 use crate::rng::mix;
+use crate::round::ties_even_small;
 use crate::{ConvGeometry, Result};
 
 /// Output pixels per work item (and per output-noise stream).
@@ -111,83 +112,85 @@ impl DenseKernel for AnalogOp {
         let pixels = geo.batch * geo.out_pixels();
         let chunks: Vec<(usize, Vec<f32>)> = (0..pixels.div_ceil(CHUNK))
             .into_par_iter()
-            .map(|chunk| {
-                let start = chunk * CHUNK;
-                let len = CHUNK.min(pixels - start);
-                let mut col = vec![0f32; fan_in * len];
-                im2col(geo, input, start..start + len, &mut col);
-                let mut out = vec![0f32; out_ch * len];
-                let mut y = vec![0f32; out_ch * len];
-                let mut alpha = vec![0f32; len];
-                for (t, r0) in (0..fan_in).step_by(spec.tile_rows).enumerate() {
-                    let r1 = (r0 + spec.tile_rows).min(fan_in);
-                    let omega = omegas[t];
-                    if omega == 0.0 {
-                        continue;
-                    }
-                    // Noise management: the abs-max of each input vector in this tile.
-                    alpha.fill(0.0);
-                    for row in col[r0 * len..r1 * len].chunks(len) {
-                        for (m, x) in alpha.iter_mut().zip(row) {
-                            *m = m.max(x.abs());
+            .map_init(
+                || (vec![0f32; fan_in * CHUNK], vec![0f32; out_ch * CHUNK]),
+                |(col, y), chunk| {
+                    let start = chunk * CHUNK;
+                    let len = CHUNK.min(pixels - start);
+                    // Pixel-major: each input vector is one contiguous run of col.
+                    let col = &mut col[..fan_in * len];
+                    im2col_pixel_major(geo, input, start..start + len, col);
+                    let mut out = vec![0f32; out_ch * len];
+                    let mut alpha = vec![0f32; len];
+                    for (t, r0) in (0..fan_in).step_by(spec.tile_rows).enumerate() {
+                        let r1 = (r0 + spec.tile_rows).min(fan_in);
+                        let omega = omegas[t];
+                        if omega == 0.0 {
+                            continue;
                         }
-                    }
-                    // DAC: integer levels, in place (each tile's rows are used once).
-                    let gain: Vec<f32> = alpha
-                        .iter()
-                        .map(|&a| if a > 0.0 { l_in / a } else { 0.0 })
-                        .collect();
-                    for row in col[r0 * len..r1 * len].chunks_mut(len) {
-                        for (x, g) in row.iter_mut().zip(&gain) {
-                            *x = (*x * g).round_ties_even();
-                        }
-                    }
-                    // SAFETY: y is O x len; lhs is the O x (r1−r0) block of the
-                    // O x K weights (row stride K); rhs the (r1−r0) x len block of col.
-                    unsafe {
-                        gemm::gemm(
-                            out_ch,
-                            len,
-                            r1 - r0,
-                            y.as_mut_ptr(),
-                            1,
-                            len as isize,
-                            false,
-                            noisy.as_ptr().add(r0),
-                            1,
-                            fan_in as isize,
-                            col.as_ptr().add(r0 * len),
-                            1,
-                            len as isize,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
-                    // Output noise, ADC and the digital sum, fused.
-                    let mut rng = self.rng(1, (chunk * fan_in.div_ceil(spec.tile_rows) + t) as u64);
-                    for (o_row, y_row) in out.chunks_mut(len).zip(y.chunks(len)) {
-                        for ((o, &s), &a) in o_row.iter_mut().zip(y_row).zip(&alpha) {
-                            let mut v = s / l_in;
-                            if spec.out_noise > 0.0 {
-                                v += spec.out_noise * rng.sample::<f32, _>(StandardNormal);
+                        // Noise management (the abs-max of each input vector in this tile)
+                        // and the DAC (integer levels, in place: each tile's rows are used
+                        // once).
+                        for (a, field) in alpha.iter_mut().zip(col.chunks_mut(fan_in)) {
+                            let x = &mut field[r0..r1];
+                            *a = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                            let gain = if *a > 0.0 { l_in / *a } else { 0.0 };
+                            for v in x {
+                                *v = ties_even_small(*v * gain);
                             }
-                            let level =
-                                (v.clamp(-bound, bound) * (l_out / bound)).round_ties_even();
-                            *o += level * (bound / l_out) * (a * omega);
+                        }
+                        // SAFETY: y is O x len column-major (pixel g's outputs contiguous);
+                        // lhs is the O x (r1−r0) block of the row-major O x K weights; rhs
+                        // the (r1−r0) x len block of the pixel-major col (column stride K).
+                        unsafe {
+                            gemm::gemm(
+                                out_ch,
+                                len,
+                                r1 - r0,
+                                y.as_mut_ptr(),
+                                out_ch as isize,
+                                1,
+                                false,
+                                noisy.as_ptr().add(r0),
+                                1,
+                                fan_in as isize,
+                                col.as_ptr().add(r0),
+                                fan_in as isize,
+                                1,
+                                0.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                        // Output noise, ADC and the digital sum, fused.
+                        let mut rng =
+                            self.rng(1, (chunk * fan_in.div_ceil(spec.tile_rows) + t) as u64);
+                        for ((o_px, y_px), &a) in
+                            out.chunks_mut(out_ch).zip(y.chunks(out_ch)).zip(&alpha)
+                        {
+                            let scale = (bound / l_out) * (a * omega);
+                            for (o, &s) in o_px.iter_mut().zip(y_px) {
+                                let mut v = s / l_in;
+                                if spec.out_noise > 0.0 {
+                                    v += spec.out_noise * rng.sample::<f32, _>(StandardNormal);
+                                }
+                                let level =
+                                    ties_even_small(v.clamp(-bound, bound) * (l_out / bound));
+                                *o += level * scale;
+                            }
                         }
                     }
-                }
-                (start, out)
-            })
+                    (start, out)
+                },
+            )
             .collect();
         let mut out = vec![0f32; geo.batch * out_ch * geo.out_pixels()];
         for (start, values) in chunks {
             let len = values.len() / out_ch;
-            scatter_outputs(geo, &values, start..start + len, &mut out);
+            scatter_outputs(geo, &values, (1, out_ch), start..start + len, &mut out);
         }
         Ok(out)
     }

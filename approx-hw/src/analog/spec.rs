@@ -12,13 +12,13 @@ pub const ANALOG_KIND: KindDoc = KindDoc {
         KeyDoc {
             key: "inp_bits",
             default: "7",
-            allowed: "an integer from 2 to 24",
+            allowed: "an integer from 2 to 22",
             summary: "DAC resolution: 2^bits − 1 input levels over [−1, 1] after noise management",
         },
         KeyDoc {
             key: "out_bits",
             default: "9",
-            allowed: "an integer from 2 to 24",
+            allowed: "an integer from 2 to 22",
             summary: "ADC resolution: 2^bits − 1 output levels over [−out_bound, out_bound]",
         },
         KeyDoc {
@@ -91,7 +91,7 @@ impl AnalogSpec {
     /// Parses the `analog` keys.
     pub fn from_keys(keys: &mut KeyValues) -> Result<Self, SpecError> {
         let mut spec = AnalogSpec::default();
-        let bits = |v: &str| v.parse::<u8>().ok().filter(|b| (2..=24).contains(b));
+        let bits = |v: &str| v.parse::<u8>().ok().filter(|b| (2..=22).contains(b));
         let number = |min_exclusive: bool| {
             move |v: &str| {
                 v.parse::<f32>()

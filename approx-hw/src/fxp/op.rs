@@ -137,7 +137,7 @@ impl DenseKernel for FxpOp {
         let mut out = vec![0f32; geo.batch * geo.out_channels * geo.out_pixels()];
         for (start, values) in chunks {
             let len = values.len() / geo.out_channels;
-            scatter_outputs(geo, &values, start..start + len, &mut out);
+            scatter_outputs(geo, &values, (len, 1), start..start + len, &mut out);
         }
         Ok(out)
     }

@@ -101,7 +101,7 @@ impl DenseKernel for MultOp {
                 .enumerate()
                 .map(|(i, &s)| s as f32 * (act_scale * weight_scales[i / len]))
                 .collect();
-            scatter_outputs(geo, &values, start..start + len, &mut out);
+            scatter_outputs(geo, &values, (len, 1), start..start + len, &mut out);
         }
         Ok(out)
     }
