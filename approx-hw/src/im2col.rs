@@ -106,47 +106,6 @@ fn row_runs(geo: &ConvGeometry, pixels: Range<usize>) -> Vec<RowRun> {
     runs
 }
 
-/// Like [`im2col`] but pixel-major: `out[g · fan_in + k]`, each receptive field one
-/// contiguous run (the layout GEMM kernels read fastest as a column-major operand).
-pub fn im2col_pixel_major<T: Copy + Default>(
-    geo: &ConvGeometry,
-    input: &[T],
-    pixels: Range<usize>,
-    out: &mut [T],
-) {
-    let (h, w) = geo.in_size;
-    let (kh, kw) = geo.kernel;
-    let (sy, sx) = geo.params.stride;
-    let (py, px) = geo.params.padding;
-    let fan_in = geo.fan_in();
-    debug_assert_eq!(out.len(), fan_in * pixels.len());
-    for run in row_runs(geo, pixels) {
-        let image = &input[run.image * geo.in_channels * h * w..][..geo.in_channels * h * w];
-        for ox in run.ox..run.ox + run.width {
-            let field = &mut out[(run.col + ox - run.ox) * fan_in..][..fan_in];
-            // Input columns x0 + j for j in 0..kw; those inside 0..w are j in j0..j1.
-            let x0 = (ox * sx) as isize - px as isize;
-            let j0 = (-x0).clamp(0, kw as isize) as usize;
-            let j1 = (w as isize - x0).clamp(j0 as isize, kw as isize) as usize;
-            for c in 0..geo.in_channels {
-                for i in 0..kh {
-                    let dst = &mut field[(c * kh + i) * kw..][..kw];
-                    let y = (run.oy * sy + i).wrapping_sub(py);
-                    if y >= h || j0 == j1 {
-                        dst.fill(T::default());
-                        continue;
-                    }
-                    let src = &image[(c * h + y) * w..][..w];
-                    dst[..j0].fill(T::default());
-                    let start = (x0 + j0 as isize) as usize;
-                    dst[j0..j1].copy_from_slice(&src[start..start + j1 - j0]);
-                    dst[j1..].fill(T::default());
-                }
-            }
-        }
-    }
-}
-
 /// Writes the layer outputs of the pixels `pixels` into the dense NCHW (or `[N, O]`)
 /// output `out`, reading output channel `o` of chunk column `g` from
 /// `values[o · o_stride + g · g_stride]` (`(1, O)` for pixel-major chunks, `(len, 1)`
@@ -191,13 +150,6 @@ mod tests {
                 1, 3, 7, 9,
             ]
         );
-        let mut pixel_major = vec![-1; 4 * 4];
-        im2col_pixel_major(&geo, &input, 0..4, &mut pixel_major);
-        for k in 0..4 {
-            for g in 0..4 {
-                assert_eq!(pixel_major[g * 4 + k], out[k * 4 + g]);
-            }
-        }
         let mut nchw = vec![0; 4];
         scatter_outputs(&geo, &[10, 11, 12, 13], (4, 1), 0..4, &mut nchw);
         assert_eq!(nchw, vec![10, 11, 12, 13]);

@@ -12,6 +12,18 @@ pub(crate) fn ties_even_small(x: f32) -> f32 {
     (x + MAGIC) - MAGIC
 }
 
+/// `x` rounded to the nearest integer, ties away from zero (`f32::round`), for
+/// `|x| < 2^22`.
+#[inline(always)]
+pub(crate) fn ties_away_small(x: f32) -> f32 {
+    let r = ties_even_small(x);
+    if (x - r).abs() == 0.5 {
+        x + 0.5f32.copysign(x)
+    } else {
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,7 +50,22 @@ mod tests {
         let mut x = -4_194_303.0f32;
         while x < 4_194_303.0 {
             assert_eq!(ties_even_small(x), x.round_ties_even(), "{x}");
+            assert_eq!(ties_away_small(x), x.round(), "{x}");
             x += 12_345.678;
+        }
+        for x in [
+            0.5f32,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            -2.5,
+            0.49999997,
+            -0.49999997,
+            126.5,
+            -127.5,
+        ] {
+            assert_eq!(ties_away_small(x), x.round(), "{x}");
         }
     }
 }

@@ -165,11 +165,11 @@ fn mult_reference(case: &Case, design: Design, spec: &MultSpec) -> Vec<f32> {
 fn fxp_reference(case: &Case, spec: &FxpSpec) -> Vec<f32> {
     let q = spec.scale();
     let acc = Accumulator::new(spec);
-    let rhe = |v: f32, lo: f32, hi: f32| (v * q).clamp(lo, hi).round_ties_even() as i64;
+    let rhe = |v: f32, lo: f32, hi: f32| (v * q).clamp(lo, hi).round_ties_even() as i32;
     case.fields()
         .into_iter()
         .map(|(_, pairs)| {
-            let (mut pos, mut neg) = (0i64, 0i64);
+            let (mut pos, mut neg) = (0i32, 0i32);
             for &(a, w) in &pairs {
                 let a = rhe(a, 0.0, q - 1.0);
                 pos = saturating_add(&acc, pos, a * rhe(w, 0.0, q - 1.0));
@@ -392,4 +392,29 @@ fn linear_layers_match_their_conv_form() {
         ));
         assert_eq!(a, b, "{spec}");
     }
+}
+
+#[test]
+fn exact_gemm_path_is_exact_beyond_f32_integers() {
+    // Fan-in 1100 with full-scale codes: sums beyond 2^24 take the f64 GEMM.
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let x = values(2 * 1100, true)
+        .new_tree(&mut runner)
+        .unwrap()
+        .current();
+    let w = values(3 * 1100, true)
+        .new_tree(&mut runner)
+        .unwrap()
+        .current();
+    let x = Tensor::from_vec(x, (2, 1100), &Device::Cpu).unwrap();
+    let w = Tensor::from_vec(w, (3, 1100), &Device::Cpu).unwrap();
+    let spec = MultSpec::default();
+    let op = MultOp::new(&spec, Layer::Linear).unwrap();
+    let table = run(op
+        .clone()
+        .with_path(MultPath::Table(LookupIsa::Portable))
+        .unwrap()
+        .apply(&x, &w));
+    let gemm = run(op.with_path(MultPath::ExactGemm).unwrap().apply(&x, &w));
+    assert_eq!(table, gemm);
 }

@@ -7,7 +7,7 @@ use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 use super::spec::AnalogSpec;
-use crate::im2col::{im2col_pixel_major, scatter_outputs};
+use crate::im2col::{im2col, scatter_outputs};
 use crate::layer::{DenseKernel, Layer};
 use crate::rng::mix;
 use crate::round::ties_even_small;
@@ -117,26 +117,31 @@ impl DenseKernel for AnalogOp {
                 |(col, y), chunk| {
                     let start = chunk * CHUNK;
                     let len = CHUNK.min(pixels - start);
-                    // Pixel-major: each input vector is one contiguous run of col.
                     let col = &mut col[..fan_in * len];
-                    im2col_pixel_major(geo, input, start..start + len, col);
+                    im2col(geo, input, start..start + len, col);
                     let mut out = vec![0f32; out_ch * len];
-                    let mut alpha = vec![0f32; len];
+                    let (mut alpha, mut gain) = (vec![0f32; len], vec![0f32; len]);
                     for (t, r0) in (0..fan_in).step_by(spec.tile_rows).enumerate() {
                         let r1 = (r0 + spec.tile_rows).min(fan_in);
                         let omega = omegas[t];
                         if omega == 0.0 {
                             continue;
                         }
-                        // Noise management (the abs-max of each input vector in this tile)
-                        // and the DAC (integer levels, in place: each tile's rows are used
-                        // once).
-                        for (a, field) in alpha.iter_mut().zip(col.chunks_mut(fan_in)) {
-                            let x = &mut field[r0..r1];
-                            *a = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-                            let gain = if *a > 0.0 { l_in / *a } else { 0.0 };
-                            for v in x {
-                                *v = ties_even_small(*v * gain);
+                        // Noise management: the abs-max of each input vector in this tile.
+                        let rows = &mut col[r0 * len..r1 * len];
+                        alpha.fill(0.0);
+                        for row in rows.chunks(len) {
+                            for (m, x) in alpha.iter_mut().zip(row) {
+                                *m = m.max(x.abs());
+                            }
+                        }
+                        // DAC: integer levels, in place (each tile's rows are used once).
+                        for (g, &a) in gain.iter_mut().zip(alpha.iter()) {
+                            *g = if a > 0.0 { l_in / a } else { 0.0 };
+                        }
+                        for row in rows.chunks_mut(len) {
+                            for (x, g) in row.iter_mut().zip(&gain) {
+                                *x = ties_even_small(*x * g);
                             }
                         }
                         // SAFETY: y is O x len column-major (pixel g's outputs contiguous);
@@ -154,9 +159,9 @@ impl DenseKernel for AnalogOp {
                                 noisy.as_ptr().add(r0),
                                 1,
                                 fan_in as isize,
-                                col.as_ptr().add(r0),
-                                fan_in as isize,
+                                col.as_ptr().add(r0 * len),
                                 1,
+                                len as isize,
                                 0.0,
                                 1.0,
                                 false,

@@ -10,13 +10,14 @@ use crate::{ConvGeometry, Result};
 
 /// The saturating accumulator of REX-SC's fixed-point baseline, for `p` operand bits
 /// and an `acc_bits`-bit output: `pmax = min(31, max(2p, acc_bits))`,
-/// `d = max(0, 2p − acc_bits)`, `MAX = ((2^pmax − 1) >> d) << d`.
+/// `d = max(0, 2p − acc_bits)`, `MAX = ((2^pmax − 1) >> d) << d`. With `p ≤ 15` and
+/// `acc_bits ≤ 30`, `pmax ≤ 30`, so a sum plus one product always fits in i32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accumulator {
     /// Low bits dropped after every addition.
     pub drop: u32,
     /// The saturation value before rounding.
-    pub max: i64,
+    pub max: i32,
 }
 
 impl Accumulator {
@@ -28,12 +29,12 @@ impl Accumulator {
         let drop = two_p.saturating_sub(acc);
         Self {
             drop,
-            max: (((1i64 << pmax) - 1) >> drop) << drop,
+            max: (((1i32 << pmax) - 1) >> drop) << drop,
         }
     }
 
     /// The largest value the accumulator can hold (its saturated state).
-    pub fn ceiling(&self) -> i64 {
+    pub fn ceiling(&self) -> i32 {
         saturating_add(self, self.max, 0)
     }
 }
@@ -41,7 +42,7 @@ impl Accumulator {
 /// One accumulation step, `sat(acc + product)`: with `m = min(v, MAX)` and rounding
 /// bit `r = (m >> max(0, d − 1)) mod 2`, the result is `((m >> d) + r) << d`.
 #[inline]
-pub fn saturating_add(acc: &Accumulator, sum: i64, product: i64) -> i64 {
+pub fn saturating_add(acc: &Accumulator, sum: i32, product: i32) -> i32 {
     let m = (sum + product).min(acc.max);
     let r = (m >> acc.drop.saturating_sub(1)) & 1;
     ((m >> acc.drop) + r) << acc.drop
@@ -49,12 +50,37 @@ pub fn saturating_add(acc: &Accumulator, sum: i64, product: i64) -> i64 {
 
 /// Operand code `rhe(clamp(v·Q, lo, hi))`.
 #[inline]
-fn code(v: f32, q: f32, lo: f32, hi: f32) -> i64 {
+fn code(v: f32, q: f32, lo: f32, hi: f32) -> i32 {
     let x = (v * q).clamp(lo, hi).round_ties_even();
     if x.is_nan() {
         0
     } else {
-        x as i64
+        x as i32
+    }
+}
+
+/// `sums[g] = sat(sums[g] + a[g]·w)` for one weight over a run of pixels, with the
+/// AVX2 instruction set when the CPU has it (the same integer ops either way; the
+/// baseline x86-64 target has no vector i32 min).
+fn accumulate(acc: &Accumulator, sums: &mut [i32], a: &[i32], w: i32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 support was just checked.
+        return unsafe { accumulate_avx2(acc, sums, a, w) };
+    }
+    accumulate_body(acc, sums, a, w);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn accumulate_avx2(acc: &Accumulator, sums: &mut [i32], a: &[i32], w: i32) {
+    accumulate_body(acc, sums, a, w);
+}
+
+#[inline(always)]
+fn accumulate_body(acc: &Accumulator, sums: &mut [i32], a: &[i32], w: i32) {
+    for (s, &x) in sums.iter_mut().zip(a) {
+        *s = saturating_add(acc, *s, x * w);
     }
 }
 
@@ -91,9 +117,9 @@ impl DenseKernel for FxpOp {
         let q = self.spec.scale();
         let top = q - 1.0;
         let acc = Accumulator::new(&self.spec);
-        let acts: Vec<i64> = input.iter().map(|&x| code(x, q, 0.0, top)).collect();
-        let pos: Vec<i64> = weight.iter().map(|&w| code(w, q, 0.0, top)).collect();
-        let neg: Vec<i64> = weight.iter().map(|&w| -code(w, q, -top, 0.0)).collect();
+        let acts: Vec<i32> = input.iter().map(|&x| code(x, q, 0.0, top)).collect();
+        let pos: Vec<i32> = weight.iter().map(|&w| code(w, q, 0.0, top)).collect();
+        let neg: Vec<i32> = weight.iter().map(|&w| -code(w, q, -top, 0.0)).collect();
         let fan_in = geo.fan_in();
         let pixels = geo.batch * geo.out_pixels();
         let chunks: Vec<(usize, Vec<f32>)> = (0..pixels.div_ceil(CHUNK))
@@ -101,10 +127,10 @@ impl DenseKernel for FxpOp {
             .map(|chunk| {
                 let start = chunk * CHUNK;
                 let len = CHUNK.min(pixels - start);
-                let mut col = vec![0i64; fan_in * len];
+                let mut col = vec![0i32; fan_in * len];
                 im2col(geo, &acts, start..start + len, &mut col);
                 let mut values = Vec::with_capacity(geo.out_channels * len);
-                let (mut acc_pos, mut acc_neg) = (vec![0i64; len], vec![0i64; len]);
+                let (mut acc_pos, mut acc_neg) = (vec![0i32; len], vec![0i32; len]);
                 for o in 0..geo.out_channels {
                     acc_pos.fill(0);
                     acc_neg.fill(0);
@@ -117,9 +143,7 @@ impl DenseKernel for FxpOp {
                             (&mut acc_neg, neg[o * fan_in + k]),
                         ] {
                             if w != 0 {
-                                for (s, &x) in sum.iter_mut().zip(a) {
-                                    *s = saturating_add(&acc, *s, x * w);
-                                }
+                                accumulate(&acc, sum, a, w);
                             }
                         }
                     }
@@ -173,11 +197,13 @@ mod tests {
         assert_eq!(saturating_add(&acc, 0, 8), 16);
         assert_eq!(saturating_add(&acc, 16, 23), 32);
         assert_eq!(saturating_add(&acc, 0, 1 << 20), acc.max);
-        // p = 15, acc_bits = 31: pmax capped at 31 and no overflow in i64.
+        // p = 15, acc_bits = 30: the widest accumulator; a full sum plus the largest
+        // product stays below 2^31.
         let acc = Accumulator::new(&FxpSpec {
             bits: 15,
-            acc_bits: 31,
+            acc_bits: 30,
         });
-        assert_eq!(acc.ceiling(), 1 << 31);
+        assert_eq!(acc.ceiling(), 1 << 30);
+        assert_eq!(saturating_add(&acc, 1 << 30, (1 << 15) - 1), 1 << 30);
     }
 }

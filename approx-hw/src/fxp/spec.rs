@@ -18,8 +18,8 @@ pub const FXP_KIND: KindDoc = KindDoc {
         KeyDoc {
             key: "acc_bits",
             default: "24",
-            allowed: "an integer from 1 to 31",
-            summary: "accumulator width: sums saturate near 2^max(2p, acc_bits), capped at 2^31",
+            allowed: "an integer from 1 to 30",
+            summary: "accumulator width: sums saturate near 2^max(2p, acc_bits)",
         },
     ],
 };
@@ -29,7 +29,7 @@ pub const FXP_KIND: KindDoc = KindDoc {
 pub struct FxpSpec {
     /// Operand fraction bits p (1..=15).
     pub bits: u8,
-    /// Accumulator width in bits (1..=31).
+    /// Accumulator width in bits (1..=30).
     pub acc_bits: u8,
 }
 
@@ -50,7 +50,7 @@ impl FxpSpec {
             spec.bits = b;
         }
         if let Some(b) = keys.take("acc_bits", |v| {
-            v.parse().ok().filter(|b| (1..=31).contains(b))
+            v.parse().ok().filter(|b| (1..=30).contains(b))
         })? {
             spec.acc_bits = b;
         }

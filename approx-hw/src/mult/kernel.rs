@@ -1,12 +1,14 @@
 //! The integer layer kernels: every product looked up in a [`MulTable`], summed
-//! exactly in i32; and the exact-multiplier fast path through an f64 GEMM.
+//! exactly in i32; and the exact multiplier's fast path through a float GEMM.
 //!
 //! Work is split into chunks of [`CHUNK`] output pixels (across images, so linear
 //! layers block too). A chunk gathers its receptive fields as activation bytes
-//! ([`crate::im2col`], fan-in-major), then for each output channel adds, for each
-//! fan-in position `k`, the table row of weight `k` indexed by the chunk's bytes. A
-//! table row is 1 KiB, so the rows in use stay in L1/L2. With AVX2 the row lookups
-//! are 8-wide gathers; the portable path is the same loop in scalar code.
+//! ([`crate::im2col`], fan-in-major), then, weight-stationary, adds the table row of
+//! each weight `w[o, k]` indexed by the chunk's bytes of row `k`. With AVX2 the row
+//! lookups are 8-wide gathers; the portable path is the same loop in scalar code.
+//! (On the Zen 3 machine this was measured on, the two run at the same speed: an
+//! AVX2 gather costs about as much as eight scalar loads. The fast path of the
+//! prototype, 64 lookups per `vpermi2b` on byte planes, needs AVX-512 VBMI.)
 
 use rayon::prelude::*;
 
@@ -14,7 +16,8 @@ use super::table::MulTable;
 use crate::im2col::im2col;
 use crate::ConvGeometry;
 
-/// Output pixels per chunk (a multiple of the AVX2 block of 32).
+/// Output pixels per chunk: the lookup kernel's accumulators (`O x CHUNK` i32) stay
+/// in L1/L2, and the GEMM gets a wide enough operand.
 pub const CHUNK: usize = 256;
 
 /// Instruction sets of the lookup kernel.
@@ -38,7 +41,11 @@ impl LookupIsa {
 }
 
 /// Integer sums `Σ_k T[w[o, k]][a[g, k]]` for every output channel `o` and output pixel
-/// `g`, as a list of (first pixel, `[O][len]` sums) per chunk.
+/// `g`, as a list of (first pixel, channel-major `[O][len]` sums) per chunk.
+///
+/// Loop order is weight-stationary: for each fan-in position `k` and output channel
+/// `o`, the table row of `w[o, k]` (1 KiB) serves all the chunk's pixels while it is
+/// in L1; the chunk's accumulators (`O x CHUNK` i32) stay in L1 too.
 pub fn table_sums(
     geo: &ConvGeometry,
     act_codes: &[i32],
@@ -48,10 +55,13 @@ pub fn table_sums(
 ) -> Vec<(usize, Vec<i32>)> {
     let bytes: Vec<u8> = act_codes.iter().map(|&a| table.act_index(a)).collect();
     let fan_in = geo.fan_in();
-    let offsets: Vec<u32> = weight_codes
-        .iter()
-        .map(|&w| (table.weight_row(w) * 256) as u32)
-        .collect();
+    let out_ch = geo.out_channels;
+    // Offsets transposed to [k][o], the order the loop walks them.
+    let mut offsets = vec![0u32; fan_in * out_ch];
+    for (i, &w) in weight_codes.iter().enumerate() {
+        offsets[(i % fan_in) * out_ch + i / fan_in] = (table.weight_row(w) * 256) as u32;
+    }
+    let entries = table.entries();
     let pixels = geo.batch * geo.out_pixels();
     let isa = if isa == LookupIsa::Avx2 && LookupIsa::best() != LookupIsa::Avx2 {
         LookupIsa::Portable
@@ -63,45 +73,45 @@ pub fn table_sums(
         .map(|chunk| {
             let start = chunk * CHUNK;
             let len = CHUNK.min(pixels - start);
-            let padded = len.next_multiple_of(32);
+            // Rows padded to whole vectors of 8 pixels (the padding bytes are 0 and
+            // their sums are dropped).
+            let padded = len.next_multiple_of(8);
             let mut col = vec![0u8; fan_in * padded];
             im2col(geo, &bytes, start..start + len, &mut col[..fan_in * len]);
             if padded != len {
-                // Re-stride the rows to the padded length (the padding bytes are 0).
                 for k in (0..fan_in).rev() {
                     col.copy_within(k * len..(k + 1) * len, k * padded);
                     col[k * padded + len..(k + 1) * padded].fill(0);
                 }
             }
-            let mut sums = vec![0i32; geo.out_channels * len];
-            let mut acc = vec![0i32; padded];
-            for (o, out) in sums.chunks_mut(len).enumerate() {
-                let rows = &offsets[o * fan_in..(o + 1) * fan_in];
-                acc.fill(0);
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: AVX2 support was checked above.
-                    LookupIsa::Avx2 => unsafe {
-                        avx2::channel(table.entries(), rows, &col, padded, &mut acc)
-                    },
-                    _ => channel_portable(table.entries(), rows, &col, padded, &mut acc),
+            let mut acc = vec![0i32; out_ch * padded];
+            for (k, rows) in offsets.chunks_exact(out_ch).enumerate() {
+                let a = &col[k * padded..(k + 1) * padded];
+                for (&row, acc) in rows.iter().zip(acc.chunks_exact_mut(padded)) {
+                    let row: &[i32; 256] = entries[row as usize..][..256]
+                        .try_into()
+                        .expect("a table row has 256 entries");
+                    match isa {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: AVX2 support was checked above.
+                        LookupIsa::Avx2 => unsafe { avx2::row_lookup(row, a, acc) },
+                        _ => row_lookup(row, a, acc),
+                    }
                 }
-                out.copy_from_slice(&acc[..len]);
+            }
+            let mut sums = Vec::with_capacity(out_ch * len);
+            for acc in acc.chunks_exact(padded) {
+                sums.extend_from_slice(&acc[..len]);
             }
             (start, sums)
         })
         .collect()
 }
 
-/// One output channel over one chunk: `acc[g] += T[rows[k] + col[k][g]]`.
-fn channel_portable(entries: &[i32], rows: &[u32], col: &[u8], len: usize, acc: &mut [i32]) {
-    for (k, &row) in rows.iter().enumerate() {
-        let row: &[i32; 256] = entries[row as usize..][..256]
-            .try_into()
-            .expect("a table row has 256 entries");
-        for (a, &byte) in acc.iter_mut().zip(&col[k * len..(k + 1) * len]) {
-            *a += row[usize::from(byte)];
-        }
+/// `acc[g] += row[a[g]]` for one table row and one run of activation bytes.
+fn row_lookup(row: &[i32; 256], a: &[u8], acc: &mut [i32]) {
+    for (s, &byte) in acc.iter_mut().zip(a) {
+        *s += row[usize::from(byte)];
     }
 }
 
@@ -109,60 +119,105 @@ fn channel_portable(entries: &[i32], rows: &[u32], col: &[u8], len: usize, acc: 
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// [`super::channel_portable`] with 8-wide gathers, 32 pixels per pass; `len` is a
-    /// multiple of 32.
+    /// [`super::row_lookup`] with 8-wide gathers; `a.len()` is a multiple of 8 and
+    /// `acc` at least as long.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn channel(entries: &[i32], rows: &[u32], col: &[u8], len: usize, acc: &mut [i32]) {
-        debug_assert_eq!(len % 32, 0);
-        debug_assert!(col.len() >= rows.len() * len && acc.len() >= len);
-        for block in (0..len).step_by(32) {
-            let mut sum = [_mm256_setzero_si256(); 4];
-            for (k, &row) in rows.iter().enumerate() {
-                let base = entries.as_ptr().add(row as usize);
-                let bytes = col.as_ptr().add(k * len + block);
-                for (v, s) in sum.iter_mut().enumerate() {
-                    let idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(bytes.add(8 * v).cast()));
-                    *s = _mm256_add_epi32(*s, _mm256_i32gather_epi32::<4>(base, idx));
-                }
-            }
-            for (v, s) in sum.iter().enumerate() {
-                let dst = acc.as_mut_ptr().add(block + 8 * v).cast::<__m256i>();
-                _mm256_storeu_si256(dst, _mm256_add_epi32(_mm256_loadu_si256(dst), *s));
-            }
+    pub unsafe fn row_lookup(row: &[i32; 256], a: &[u8], acc: &mut [i32]) {
+        debug_assert!(a.len() % 8 == 0 && acc.len() >= a.len());
+        for v in (0..a.len()).step_by(8) {
+            let idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(a.as_ptr().add(v).cast()));
+            let dst = acc.as_mut_ptr().add(v).cast::<__m256i>();
+            let sum = _mm256_add_epi32(
+                _mm256_loadu_si256(dst),
+                _mm256_i32gather_epi32::<4>(row.as_ptr(), idx),
+            );
+            _mm256_storeu_si256(dst, sum);
         }
     }
 }
 
-/// The exact multiplier's sums through an f64 GEMM (exact for any realistic fan-in:
-/// every partial sum is an integer below 2^53), in the same chunked form as
-/// [`table_sums`].
+/// The exact multiplier's sums through a float GEMM, chunked like [`table_sums`] but
+/// pixel-major (`[len][O]`, the GEMM's fastest output layout). Exact: every partial sum is an integer
+/// below the float's exact-integer range — f32 when `fan_in · max|a| · max|w| < 2^24`,
+/// f64 (exact below 2^53) otherwise.
 pub fn exact_sums(
     geo: &ConvGeometry,
     act_codes: &[i32],
     weight_codes: &[i32],
 ) -> Vec<(usize, Vec<i32>)> {
+    let max_abs = |v: &[i32]| {
+        v.iter()
+            .map(|x| i64::from(x.unsigned_abs()))
+            .max()
+            .unwrap_or(0)
+    };
+    let bound = geo.fan_in() as i64 * max_abs(act_codes) * max_abs(weight_codes);
+    if bound < 1 << 24 {
+        gemm_sums::<f32>(geo, act_codes, weight_codes)
+    } else {
+        gemm_sums::<f64>(geo, act_codes, weight_codes)
+    }
+}
+
+/// A float type the GEMM takes and that holds small integers exactly.
+trait ExactFloat: Copy + Default + Send + Sync + 'static {
+    const ZERO: Self;
+    const ONE: Self;
+    fn from_code(c: i32) -> Self;
+    fn to_sum(self) -> i32;
+}
+
+impl ExactFloat for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    fn from_code(c: i32) -> Self {
+        c as f32
+    }
+    fn to_sum(self) -> i32 {
+        self as i32
+    }
+}
+
+impl ExactFloat for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    fn from_code(c: i32) -> Self {
+        f64::from(c)
+    }
+    fn to_sum(self) -> i32 {
+        self as i32
+    }
+}
+
+fn gemm_sums<F: ExactFloat>(
+    geo: &ConvGeometry,
+    act_codes: &[i32],
+    weight_codes: &[i32],
+) -> Vec<(usize, Vec<i32>)> {
     let fan_in = geo.fan_in();
-    let acts: Vec<f64> = act_codes.iter().map(|&a| f64::from(a)).collect();
-    let weights: Vec<f64> = weight_codes.iter().map(|&w| f64::from(w)).collect();
+    let out_ch = geo.out_channels;
+    let acts: Vec<F> = act_codes.iter().map(|&a| F::from_code(a)).collect();
+    let weights: Vec<F> = weight_codes.iter().map(|&w| F::from_code(w)).collect();
     let pixels = geo.batch * geo.out_pixels();
     (0..pixels.div_ceil(CHUNK))
         .into_par_iter()
         .map(|chunk| {
             let start = chunk * CHUNK;
             let len = CHUNK.min(pixels - start);
-            let mut col = vec![0f64; fan_in * len];
+            let mut col = vec![F::ZERO; fan_in * len];
             im2col(geo, &acts, start..start + len, &mut col);
-            let mut sums = vec![0f64; geo.out_channels * len];
-            // SAFETY: dst is O x len, lhs O x K (row-major), rhs K x len (row-major);
-            // the slices hold exactly those sizes.
+            let mut sums = vec![F::ZERO; out_ch * len];
+            // SAFETY: dst is O x len column-major (pixel-major sums); lhs the
+            // row-major O x K weight codes; rhs the K x len pixel-major col (column
+            // stride K).
             unsafe {
                 gemm::gemm(
-                    geo.out_channels,
+                    out_ch,
                     len,
                     fan_in,
                     sums.as_mut_ptr(),
+                    out_ch as isize,
                     1,
-                    len as isize,
                     false,
                     weights.as_ptr(),
                     1,
@@ -170,15 +225,15 @@ pub fn exact_sums(
                     col.as_ptr(),
                     1,
                     len as isize,
-                    0.0,
-                    1.0,
+                    F::ZERO,
+                    F::ONE,
                     false,
                     false,
                     false,
                     gemm::Parallelism::None,
                 );
             }
-            (start, sums.iter().map(|&s| s as i32).collect())
+            (start, sums.into_iter().map(F::to_sum).collect())
         })
         .collect()
 }

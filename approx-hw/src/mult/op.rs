@@ -89,19 +89,25 @@ impl DenseKernel for MultOp {
         let qmax = self.spec.act_max();
         let (acts, act_scale) = quantize::activations(input, qmax, self.spec.signed);
         let (weights, weight_scales) = quantize::weights(weight, fan_in, self.spec.weight_max());
-        let chunks = match self.path {
-            MultPath::Table(isa) => table_sums(geo, &acts, &weights, &self.table, isa),
-            MultPath::ExactGemm => exact_sums(geo, &acts, &weights),
+        // Chunks of sums and their (channel, pixel) strides.
+        let (chunks, pixel_major) = match self.path {
+            MultPath::Table(isa) => (table_sums(geo, &acts, &weights, &self.table, isa), false),
+            MultPath::ExactGemm => (exact_sums(geo, &acts, &weights), true),
         };
-        let mut out = vec![0f32; geo.batch * geo.out_channels * geo.out_pixels()];
+        let out_ch = geo.out_channels;
+        let mut out = vec![0f32; geo.batch * out_ch * geo.out_pixels()];
         for (start, sums) in chunks {
-            let len = sums.len() / geo.out_channels;
+            let len = sums.len() / out_ch;
+            let strides = if pixel_major { (1, out_ch) } else { (len, 1) };
             let values: Vec<f32> = sums
                 .iter()
                 .enumerate()
-                .map(|(i, &s)| s as f32 * (act_scale * weight_scales[i / len]))
+                .map(|(i, &s)| {
+                    let o = if pixel_major { i % out_ch } else { i / len };
+                    s as f32 * (act_scale * weight_scales[o])
+                })
                 .collect();
-            scatter_outputs(geo, &values, (len, 1), start..start + len, &mut out);
+            scatter_outputs(geo, &values, strides, start..start + len, &mut out);
         }
         Ok(out)
     }

@@ -7,6 +7,8 @@
 //! (`signed=false`) use the largest positive value and clamp negatives to 0, as an
 //! unsigned datapath after a ReLU would.
 
+use crate::round::ties_away_small;
+
 /// The scale that maps the largest magnitude `max` to code `qmax`.
 pub fn scale(max: f32, qmax: i32) -> f32 {
     if max > 0.0 && max.is_finite() {
@@ -19,12 +21,9 @@ pub fn scale(max: f32, qmax: i32) -> f32 {
 /// The code of `x`: `clamp(round(x / scale), lo, hi)`. NaN becomes 0.
 #[inline]
 pub fn code(x: f32, scale: f32, lo: i32, hi: i32) -> i32 {
-    let q = (x / scale).round();
-    if q.is_nan() {
-        0
-    } else {
-        (q.clamp(lo as f32, hi as f32)) as i32
-    }
+    // Clamping first keeps the value in the fast rounding's range; the bounds are
+    // integers, so the result is the same. A NaN stays NaN and converts to 0.
+    ties_away_small((x / scale).clamp(lo as f32, hi as f32)) as i32
 }
 
 /// Activation codes and their scale: signed `±qmax`, or unsigned `0..=qmax`.
