@@ -309,6 +309,15 @@ fn hw_list_names_every_key() {
         "seed",
         "lfsr-xnor",
         "or16",
+        "mult",
+        "design",
+        "lut",
+        "mitchell",
+        "analog",
+        "out_noise",
+        "tile_rows",
+        "fxp",
+        "acc_bits",
     ] {
         assert!(text.contains(word), "missing `{word}` in:\n{text}");
     }
@@ -345,4 +354,108 @@ fn bench_kernels_json_records() {
     let o = approx(&["bench", "kernels", "--layer", "conv9"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown --layer `conv9`"));
+}
+
+#[test]
+fn simulate_every_kind_matches_the_library() {
+    let (input, weight) = example_tensors();
+    for spec in [
+        "mult:design=mitchell",
+        "mult:design=bam2-6,bits=6,signed=false",
+        "analog:seed=3",
+        "fxp:bits=6",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.safetensors");
+        let o = approx(&[
+            "simulate",
+            "--hw",
+            spec,
+            "--op",
+            "conv2d",
+            "--padding",
+            "1",
+            "--input",
+            example().to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            o.status.success(),
+            "{spec}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let (shape, values, meta) = read_output(&out);
+        let parsed: HwSpec = spec.parse().unwrap();
+        assert_eq!(meta["approx.hw"], parsed.to_string());
+        let layer = approx_hw::Layer::Conv2d(Conv2dParams::new(1, 1));
+        let expect = approx_hw::forward(&parsed, layer, &input, &weight).unwrap();
+        assert_eq!(shape, expect.dims());
+        assert_eq!(
+            values,
+            expect.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{spec}"
+        );
+    }
+}
+
+#[test]
+fn simulate_bad_lut_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let lut = dir.path().join("short.bin");
+    std::fs::write(&lut, [0u8; 100]).unwrap();
+    let hw = format!("mult:lut={}", lut.display());
+    expect_failure(&example(), &hw, "conv2d", "short.bin");
+    expect_failure(&example(), "mult:design=drum9", "conv2d", "`drum9`");
+    expect_failure(&example(), "analog:out_bound=0", "conv2d", "out_bound");
+}
+
+#[test]
+fn hw_inspect_reproduces_the_published_metrics() {
+    let o = approx(&["hw", "inspect", "--hw", "mult:design=mitchell"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    for needle in ["MRED 3.79 %", "max rel 11.1 %", "WCE 4096"] {
+        assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+    }
+    let o = approx(&[
+        "hw",
+        "inspect",
+        "--hw",
+        "mult:design=kulkarni",
+        "--json",
+        "--samples",
+        "16",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let max_rel = record["metrics"]["max_rel_percent"].as_f64().unwrap();
+    assert_eq!(format!("{max_rel:.1}"), "22.2");
+    for spec in ["sc:len=32", "analog", "fxp", "exact"] {
+        let o = approx(&[
+            "hw",
+            "inspect",
+            "--hw",
+            spec,
+            "--json",
+            "--samples",
+            "16",
+            "--bins",
+            "4",
+        ]);
+        assert!(
+            o.status.success(),
+            "{spec}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let record: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let bins = record["dot_product"]["bins"].as_array().unwrap();
+        assert_eq!(bins.len(), 4);
+        let count: u64 = bins.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+        assert_eq!(count, 16 * 32, "{spec}");
+        assert!(record["metrics"].is_null());
+    }
+    let o = approx(&["hw", "inspect", "--hw", "fxp", "--bins", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--bins"));
 }
