@@ -123,7 +123,7 @@ mod avx2 {
     /// `acc` at least as long.
     #[target_feature(enable = "avx2")]
     pub unsafe fn row_lookup(row: &[i32; 256], a: &[u8], acc: &mut [i32]) {
-        debug_assert!(a.len() % 8 == 0 && acc.len() >= a.len());
+        debug_assert!(a.len().is_multiple_of(8) && acc.len() >= a.len());
         for v in (0..a.len()).step_by(8) {
             let idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(a.as_ptr().add(v).cast()));
             let dst = acc.as_mut_ptr().add(v).cast::<__m256i>();

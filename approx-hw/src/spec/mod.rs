@@ -186,6 +186,102 @@ impl fmt::Display for HwSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mult::{Design, Multiplier};
+    use proptest::prelude::*;
+
+    fn designs() -> impl Strategy<Value = Design> {
+        prop_oneof![
+            Just(Design::Exact),
+            Just(Design::Mitchell),
+            Just(Design::Roba),
+            Just(Design::Kulkarni),
+            (3u8..=7).prop_map(Design::Drum),
+            (4u8..=7).prop_map(Design::Ssm),
+            (1u8..=15).prop_map(Design::Trunc),
+            (0u8..=8, 0u8..=15).prop_map(|(hbl, vbl)| Design::Bam { hbl, vbl }),
+        ]
+    }
+
+    fn any_spec() -> impl Strategy<Value = HwSpec> {
+        let mult = (
+            prop_oneof![
+                designs().prop_map(Multiplier::Design),
+                "[a-z/._]{1,12}".prop_map(|p| Multiplier::Lut(p.into()))
+            ],
+            2u8..=8,
+            any::<bool>(),
+        )
+            .prop_map(|(multiplier, bits, signed)| {
+                HwSpec::Mult(MultSpec {
+                    multiplier,
+                    bits,
+                    signed,
+                })
+            });
+        let analog = (
+            (2u8..=22, 2u8..=22),
+            (1e-3f32..100.0, 0f32..1.0, 0f32..1.0),
+            (1usize..=65536, any::<u64>()),
+        )
+            .prop_map(
+                |((inp_bits, out_bits), (out_bound, out_noise, w_noise), (tile_rows, seed))| {
+                    HwSpec::Analog(AnalogSpec {
+                        inp_bits,
+                        out_bits,
+                        out_bound,
+                        out_noise,
+                        w_noise,
+                        tile_rows,
+                        seed,
+                    })
+                },
+            );
+        let fxp = (1u8..=15, 1u8..=30)
+            .prop_map(|(bits, acc_bits)| HwSpec::Fxp(FxpSpec { bits, acc_bits }));
+        prop_oneof![Just(HwSpec::Exact), mult, analog, fxp]
+    }
+
+    proptest! {
+        #[test]
+        fn every_kind_round_trips(spec in any_spec()) {
+            let text = spec.to_string();
+            prop_assert_eq!(text.parse::<HwSpec>().unwrap(), spec, "{}", text);
+        }
+    }
+
+    #[test]
+    fn new_kinds_name_key_and_allowed_values() {
+        let err = |s: &str| s.parse::<HwSpec>().unwrap_err().to_string();
+        let e = err("mult:design=drum2");
+        assert!(
+            e.contains("`drum2`") && e.contains("`drum3`..`drum7`"),
+            "{e}"
+        );
+        let e = err("mult:design=exact,lut=t.bin");
+        assert!(e.contains("`lut`") && e.contains("`design`"), "{e}");
+        let e = err("mult:bits=9");
+        assert!(e.contains("`bits`") && e.contains("2 to 8"), "{e}");
+        let e = err("analog:out_noise=-1");
+        assert!(e.contains("`out_noise`") && e.contains(">= 0"), "{e}");
+        let e = err("analog:tile_rows=0");
+        assert!(e.contains("`tile_rows`"), "{e}");
+        let e = err("analog:out_bound=inf");
+        assert!(e.contains("finite"), "{e}");
+        let e = err("fxp:acc_bits=31");
+        assert!(e.contains("`acc_bits`") && e.contains("1 to 30"), "{e}");
+        assert_eq!(
+            "mult".parse::<HwSpec>().unwrap().to_string(),
+            "mult:design=exact,bits=8,signed=true"
+        );
+        assert_eq!(
+            "analog".parse::<HwSpec>().unwrap().to_string(),
+            "analog:inp_bits=7,out_bits=9,out_bound=10,out_noise=0.04,w_noise=0.0175,tile_rows=512,seed=0"
+        );
+        assert_eq!(
+            "fxp".parse::<HwSpec>().unwrap().to_string(),
+            "fxp:bits=5,acc_bits=24"
+        );
+    }
 
     #[test]
     fn exact_parses_and_refuses_keys() {
