@@ -106,6 +106,46 @@ fn row_runs(geo: &ConvGeometry, pixels: Range<usize>) -> Vec<RowRun> {
     runs
 }
 
+/// The adjoint of [`im2col`] for one image: adds `cols[k · len + p]` (fan-in-major
+/// columns of the image's `len` output pixels) into the image's dense CHW gradient
+/// `out` at the input position each entry was gathered from; padding positions are
+/// dropped. Used for the input gradient of a conv computed as a GEMM.
+pub fn col2im_image(geo: &ConvGeometry, cols: &[f32], out: &mut [f32]) {
+    let (h, w) = geo.in_size;
+    let (kh, kw) = geo.kernel;
+    let (sy, sx) = geo.params.stride;
+    let (py, px) = geo.params.padding;
+    let (oh, ow) = geo.out_size();
+    let len = oh * ow;
+    debug_assert_eq!(cols.len(), geo.fan_in() * len);
+    debug_assert_eq!(out.len(), geo.in_channels * h * w);
+    for c in 0..geo.in_channels {
+        let plane = &mut out[c * h * w..][..h * w];
+        for i in 0..kh {
+            for j in 0..kw {
+                let row = &cols[((c * kh + i) * kw + j) * len..][..len];
+                // Output columns whose input column lies inside 0..w (see `im2col`).
+                let lo = px.saturating_sub(j).div_ceil(sx).min(ow);
+                let hi = (w + px)
+                    .checked_sub(j + 1)
+                    .map_or(0, |v| v / sx + 1)
+                    .clamp(lo, ow);
+                for oy in 0..oh {
+                    let y = (oy * sy + i).wrapping_sub(py);
+                    if y >= h {
+                        continue;
+                    }
+                    let dst = &mut plane[y * w..][..w];
+                    let src = &row[oy * ow..][..ow];
+                    for ox in lo..hi {
+                        dst[ox * sx + j - px] += src[ox];
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Writes the layer outputs of the pixels `pixels` into the dense NCHW (or `[N, O]`)
 /// output `out`, reading output channel `o` of chunk column `g` from
 /// `values[o · o_stride + g · g_stride]` (`(1, O)` for pixel-major chunks, `(len, 1)`
@@ -150,6 +190,11 @@ mod tests {
                 1, 3, 7, 9,
             ]
         );
+        // col2im adds every gathered entry back where it came from: with all-ones
+        // columns each input pixel receives the number of fields that contain it.
+        let mut grad = vec![0f32; 9];
+        col2im_image(&geo, &[1.0; 16], &mut grad);
+        assert_eq!(grad, vec![1.0; 9]);
         let mut nchw = vec![0; 4];
         scatter_outputs(&geo, &[10, 11, 12, 13], (4, 1), 0..4, &mut nchw);
         assert_eq!(nchw, vec![10, 11, 12, 13]);

@@ -1,4 +1,8 @@
 //! Training for approximate hardware over candle autograd: approximate layers with an
 //! execution mode (float, approx-fn, inject, accurate), error-injection calibration,
-//! gradient checkpointing, schedules and the trainer. Built on `approx-hw`; the
-//! implementation arrives with the training issue.
+//! gradient checkpointing, schedules and the trainer. Built on `approx-hw`.
+
+pub mod calibration;
+pub mod conv;
+pub mod ste;
+pub mod surrogate;

@@ -1,0 +1,236 @@
+//! Error-injection calibration (`specs/sc-rexsc.md` §6): the residual of the
+//! bit-accurate forward against the approximation, binned by the approximation's
+//! value and fitted with degree-5 polynomials for its mean (bias) and spread (std).
+
+/// Polynomial degree of the bias and std models.
+pub const DEGREE: usize = 5;
+
+/// Bins of the calibration fit.
+const BINS: usize = 30;
+
+/// A layer's calibrated error: `bias(x) = Σ β_k x^k` and `std(x) = Σ σ_k x^k`, with
+/// `x` the approximation's output. Injected as `y = x + bias(x) + std(x)·ε`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Calibration {
+    /// Bias coefficients β_0..β_5.
+    pub bias: [f64; DEGREE + 1],
+    /// Std coefficients σ_0..σ_5.
+    pub std: [f64; DEGREE + 1],
+}
+
+/// How residuals are binned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Binning {
+    /// REX-SC's scheme for SC units in `[0, n]`: 30 bin starts `linspace(0,
+    /// max(bit-accurate), 30)`, each bin `[start, start + 0.1)` (bins may overlap), fit
+    /// at the bin starts; the bias is fitted only when all 30 bins hold more than one
+    /// residual.
+    RexSc,
+    /// Any value range: 30 adjacent equal-width bins over the approximation's range,
+    /// fit at the bin centres; the bias is fitted when at least 15 bins are populated.
+    Range,
+}
+
+fn eval(c: &[f64; DEGREE + 1], x: f64) -> f64 {
+    c.iter().rev().fold(0.0, |acc, &k| acc * x + k)
+}
+
+impl Calibration {
+    /// `bias(x)`.
+    pub fn bias(&self, x: f64) -> f64 {
+        eval(&self.bias, x)
+    }
+
+    /// `bias′(x)`.
+    pub fn bias_derivative(&self, x: f64) -> f64 {
+        (1..=DEGREE)
+            .rev()
+            .fold(0.0, |acc, k| acc * x + k as f64 * self.bias[k])
+    }
+
+    /// `std(x)`, clamped at 0 (a fitted polynomial can dip below zero between bins).
+    pub fn std(&self, x: f64) -> f64 {
+        eval(&self.std, x).max(0.0)
+    }
+
+    /// Fits bias and std from the approximation's values `approx` and the bit-accurate
+    /// values `bit` of the same units (same length). Returns the zero calibration when
+    /// too few bins are populated to fit anything.
+    pub fn fit(approx: &[f32], bit: &[f32], binning: Binning) -> Calibration {
+        let (starts, width, offset, need_all) = match binning {
+            Binning::RexSc => {
+                let max = bit.iter().fold(0f32, |m, &v| m.max(v)) as f64;
+                let starts: Vec<f64> = (0..BINS)
+                    .map(|i| max * i as f64 / (BINS - 1) as f64)
+                    .collect();
+                (starts, 0.1, 0.0, true)
+            }
+            Binning::Range => {
+                let (lo, hi) = approx
+                    .iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                        (a.min(v), b.max(v))
+                    });
+                let (lo, hi) = (lo as f64, hi as f64);
+                let width = ((hi - lo) / BINS as f64).max(f64::MIN_POSITIVE);
+                let starts: Vec<f64> = (0..BINS).map(|i| lo + width * i as f64).collect();
+                (starts, width, width / 2.0, false)
+            }
+        };
+        let mut points = Vec::new();
+        for (i, &start) in starts.iter().enumerate() {
+            let last = binning == Binning::Range && i == BINS - 1;
+            let errs: Vec<f64> = approx
+                .iter()
+                .zip(bit)
+                .filter(|(&a, _)| {
+                    let a = a as f64;
+                    a >= start && (a < start + width || last)
+                })
+                .map(|(&a, &b)| b as f64 - a as f64)
+                .collect();
+            if errs.len() > 1 {
+                let n = errs.len() as f64;
+                let mean = errs.iter().sum::<f64>() / n;
+                let var = errs.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0);
+                points.push((start + offset, mean, var.sqrt()));
+            }
+        }
+        let mut cal = Calibration::default();
+        if points.len() <= DEGREE {
+            return cal;
+        }
+        let xs: Vec<f64> = points.iter().map(|p| p.0).collect();
+        let stds: Vec<f64> = points.iter().map(|p| p.2).collect();
+        cal.std = least_squares(&xs, &stds);
+        let bias_ok = if need_all {
+            DEGREE < points.len() / 5
+        } else {
+            points.len() >= BINS / 2
+        };
+        if bias_ok {
+            let means: Vec<f64> = points.iter().map(|p| p.1).collect();
+            cal.bias = least_squares(&xs, &means);
+        }
+        cal
+    }
+}
+
+/// The degree-5 polynomial closest to the points `(x, y)` in least squares, by
+/// Householder QR of the Vandermonde matrix (stable where the normal equations are
+/// not). Needs more than `DEGREE` points.
+fn least_squares(x: &[f64], y: &[f64]) -> [f64; DEGREE + 1] {
+    const N: usize = DEGREE + 1;
+    let m = x.len();
+    let mut a: Vec<[f64; N]> = x
+        .iter()
+        .map(|&v| std::array::from_fn(|k| v.powi(k as i32)))
+        .collect();
+    let mut b = y.to_vec();
+    for col in 0..N {
+        let norm = (col..m).map(|r| a[r][col] * a[r][col]).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            continue;
+        }
+        let alpha = if a[col][col] > 0.0 { -norm } else { norm };
+        let mut v: Vec<f64> = (col..m).map(|r| a[r][col]).collect();
+        v[0] -= alpha;
+        let vv: f64 = v.iter().map(|e| e * e).sum();
+        if vv == 0.0 {
+            continue;
+        }
+        for c in col..N {
+            let dot: f64 = (col..m).map(|r| v[r - col] * a[r][c]).sum();
+            for r in col..m {
+                a[r][c] -= 2.0 * dot / vv * v[r - col];
+            }
+        }
+        let dot: f64 = (col..m).map(|r| v[r - col] * b[r]).sum();
+        for r in col..m {
+            b[r] -= 2.0 * dot / vv * v[r - col];
+        }
+    }
+    let mut coef = [0.0; N];
+    for row in (0..N).rev() {
+        let s: f64 = (row + 1..N).map(|c| a[row][c] * coef[c]).sum();
+        coef[row] = if a[row][row] == 0.0 {
+            0.0
+        } else {
+            (b[row] - s) / a[row][row]
+        };
+    }
+    coef
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use rand_distr::StandardNormal;
+
+    #[test]
+    fn least_squares_recovers_an_exact_polynomial() {
+        let want = [0.3, -1.2, 0.5, 0.25, -0.05, 0.002];
+        let xs: Vec<f64> = (0..30).map(|i| i as f64 * 0.1).collect();
+        let ys: Vec<f64> = xs.iter().map(|&x| eval(&want, x)).collect();
+        let got = least_squares(&xs, &ys);
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-9, "{got:?}");
+        }
+    }
+
+    #[test]
+    fn fit_recovers_known_bias_and_std_from_synthetic_residuals() {
+        // x uniform on [0, 3.3); residual = bias(x) + std(x)·ε with known polynomials.
+        // For REX-SC's binning the bit-accurate values are capped at 3 (as a
+        // saturating counter would), so that its bins, which end at the largest
+        // bit-accurate value, are all populated and the bias is fitted.
+        let truth = Calibration {
+            bias: [0.02, -0.05, 0.01, 0.0, 0.0, 0.0],
+            std: [0.05, 0.02, 0.0, 0.0, 0.0, 0.0],
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let approx: Vec<f32> = (0..200_000)
+            .map(|_| rng.random_range(0.0..3.3f32))
+            .collect();
+        let eps: Vec<f64> = approx.iter().map(|_| rng.sample(StandardNormal)).collect();
+        for binning in [Binning::RexSc, Binning::Range] {
+            let cap = if binning == Binning::RexSc {
+                3.0
+            } else {
+                f64::INFINITY
+            };
+            let bit: Vec<f32> = approx
+                .iter()
+                .zip(&eps)
+                .map(|(&x, e)| {
+                    let x = x as f64;
+                    (x + truth.bias(x) + truth.std(x) * e).min(cap) as f32
+                })
+                .collect();
+            let fit = Calibration::fit(&approx, &bit, binning);
+            for x in [0.2, 1.0, 2.0, 2.6] {
+                // REX-SC fits at bin starts, half a bin off the data's centre.
+                let shift = if binning == Binning::RexSc { 0.05 } else { 0.0 };
+                assert!(
+                    (fit.bias(x) - truth.bias(x + shift)).abs() < 0.006,
+                    "{binning:?} bias at {x}: {fit:?}"
+                );
+                assert!(
+                    (fit.std(x) - truth.std(x + shift)).abs() < 0.006,
+                    "{binning:?} std at {x}: {fit:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_data_fits_std_only_or_nothing() {
+        let approx = [0.0f32, 0.0, 1.0];
+        assert_eq!(
+            Calibration::fit(&approx, &approx, Binning::RexSc),
+            Calibration::default()
+        );
+    }
+}

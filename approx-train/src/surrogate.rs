@@ -1,0 +1,192 @@
+//! The differentiable stand-in for the hardware: a kind's error model applied to exact
+//! partial sums, optionally with calibrated error injected, as one candle op that
+//! keeps only its input `s` for backward (everything else is recomputed from it).
+
+use approx_hw::ErrorModel;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use crate::calibration::Calibration;
+
+/// Calibrated error to inject, with the seed of this forward's noise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Injection {
+    /// The bias and std polynomials.
+    pub calibration: Calibration,
+    /// Seed of the noise ε (the same seed gives the same noise).
+    pub seed: u64,
+}
+
+/// `y = x + bias(x) + std(x)·ε` with `x = model(s)`, elementwise over `s`, or just
+/// `y = model(s)` without injection. Gradient `(1 + bias′(x)) · model′(s)` (the noise
+/// is a constant, as in REX-SC's fused kernels).
+#[derive(Debug, Clone, Copy)]
+pub struct Surrogate {
+    /// The kind's error model.
+    pub model: ErrorModel,
+    /// Error injection, if any.
+    pub injection: Option<Injection>,
+}
+
+impl Surrogate {
+    /// Applies the surrogate to `s` (f32), recording its backward.
+    pub fn apply(self, s: &Tensor) -> Result<Tensor> {
+        s.apply_op1(self)
+    }
+}
+
+fn f32_data(storage: &CpuStorage, layout: &Layout) -> Result<Vec<f32>> {
+    let CpuStorage::F32(data) = storage else {
+        return Err(candle_core::Error::Msg(format!(
+            "the surrogate takes f32, got {:?}",
+            storage.dtype()
+        )));
+    };
+    Ok(match layout.contiguous_offsets() {
+        Some((a, b)) => data[a..b].to_vec(),
+        None => candle_core::cpu_backend::unary_map(data, layout, |v| v),
+    })
+}
+
+impl CustomOp1 for Surrogate {
+    fn name(&self) -> &'static str {
+        "surrogate"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let s = f32_data(storage, layout)?;
+        let model = self.model;
+        let out: Vec<f32> = match self.injection {
+            None => s
+                .iter()
+                .map(|&v| model.value(f64::from(v)) as f32)
+                .collect(),
+            Some(inj) => {
+                let mut rng = ChaCha8Rng::seed_from_u64(inj.seed);
+                s.iter()
+                    .map(|&v| {
+                        let x = model.value(f64::from(v));
+                        let eps: f64 = rng.sample(StandardNormal);
+                        (x + inj.calibration.bias(x) + inj.calibration.std(x) * eps) as f32
+                    })
+                    .collect()
+            }
+        };
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let s = arg.flatten_all()?.to_vec1::<f32>()?;
+        let g = grad.flatten_all()?.to_vec1::<f32>()?;
+        let model = self.model;
+        let d: Vec<f32> = s
+            .iter()
+            .zip(&g)
+            .map(|(&v, &g)| {
+                let v = f64::from(v);
+                let slope = match self.injection {
+                    Some(inj) => 1.0 + inj.calibration.bias_derivative(model.value(v)),
+                    None => 1.0,
+                };
+                (f64::from(g) * slope * model.derivative(v)) as f32
+            })
+            .collect();
+        Ok(Some(Tensor::from_vec(d, arg.shape(), arg.device())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn finite_difference_check(surrogate: Surrogate) {
+        let s0 = [0.05f32, 0.4, 1.3, 2.2, 3.7];
+        let s = Var::from_slice(&s0, 5, &Device::Cpu).unwrap();
+        let grads = surrogate
+            .apply(&s)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let analytic = grads.get(&s).unwrap().to_vec1::<f32>().unwrap();
+        // The noise is a constant of the forward (same seed), so differences of the
+        // noisy forward are a valid check too, up to the std' term REX-SC drops.
+        let no_noise = Surrogate {
+            injection: surrogate.injection.map(|i| Injection {
+                calibration: Calibration {
+                    std: [0.0; 6],
+                    ..i.calibration
+                },
+                ..i
+            }),
+            ..surrogate
+        };
+        for (i, &v) in s0.iter().enumerate() {
+            let h = 1e-2f32;
+            let at = |x: f32| {
+                let t = Tensor::new(&[x], &Device::Cpu).unwrap();
+                no_noise.apply(&t).unwrap().to_vec1::<f32>().unwrap()[0] as f64
+            };
+            let fd = (at(v + h) - at(v - h)) / (2.0 * f64::from(h));
+            assert!(
+                (fd - f64::from(analytic[i])).abs() < 2e-3,
+                "{surrogate:?} at {v}: fd {fd} vs {}",
+                analytic[i]
+            );
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let cal = Calibration {
+            bias: [0.01, -0.03, 0.02, -0.004, 0.0, 0.0],
+            std: [0.05, 0.01, 0.0, 0.0, 0.0, 0.0],
+        };
+        for model in [
+            ErrorModel::OrN { n: 2 },
+            ErrorModel::OrN { n: 1 },
+            ErrorModel::Gain { gain: 0.96 },
+        ] {
+            finite_difference_check(Surrogate {
+                model,
+                injection: None,
+            });
+            finite_difference_check(Surrogate {
+                model,
+                injection: Some(Injection {
+                    calibration: cal,
+                    seed: 3,
+                }),
+            });
+        }
+    }
+
+    #[test]
+    fn injected_noise_is_seeded() {
+        let s = Tensor::new(&[0.5f32; 64], &Device::Cpu).unwrap();
+        let cal = Calibration {
+            std: [0.1, 0.0, 0.0, 0.0, 0.0, 0.0],
+            ..Default::default()
+        };
+        let run = |seed| {
+            Surrogate {
+                model: ErrorModel::OrN { n: 2 },
+                injection: Some(Injection {
+                    calibration: cal,
+                    seed,
+                }),
+            }
+            .apply(&s)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), run(2));
+    }
+}
