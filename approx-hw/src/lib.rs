@@ -26,7 +26,7 @@ pub mod im2col;
 pub mod inspect;
 mod layer;
 pub mod mult;
-mod rng;
+pub mod rng;
 mod round;
 pub mod sc;
 pub mod spec;

@@ -4,5 +4,7 @@
 
 pub mod calibration;
 pub mod conv;
+pub mod layer;
+pub mod mode;
 pub mod ste;
 pub mod surrogate;

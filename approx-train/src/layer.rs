@@ -1,0 +1,364 @@
+//! A conv2d or linear layer that runs on approximate hardware, in one of the four
+//! execution modes, generic over hardware kinds: it uses each kind's bit-accurate
+//! forward (`approx_hw::forward`) and analytic error model (`approx_hw::ErrorModel`).
+
+use std::sync::Mutex;
+
+use approx_hw::analog::AnalogOp;
+use approx_hw::im2col::im2col;
+use approx_hw::rng::mix;
+use approx_hw::{sc, ConvGeometry, ErrorModel, HwSpec, Layer, PartialSums};
+use candle_core::{Device, Result, Tensor, Var};
+
+use crate::calibration::{Binning, Calibration};
+use crate::mode::ExecMode;
+use crate::ste::{straight_through, Quantizer};
+use crate::surrogate::{Injection, Surrogate};
+
+/// Fraction bits of REX-SC's input and weight quantizer in front of SC layers.
+const SC_QUANT_BITS: u32 = 7;
+
+/// Mutable state of a layer: mode, calibration and the step that keys its noise.
+#[derive(Debug, Clone, Copy)]
+struct LayerState {
+    mode: ExecMode,
+    calibration: Option<Calibration>,
+    calibrate_next: bool,
+    binning: Binning,
+    step: u64,
+}
+
+/// A conv2d or linear layer on the hardware `hw`, with parameters as candle `Var`s.
+#[derive(Debug)]
+pub struct HwLayer {
+    name: String,
+    op: Layer,
+    weight: Var,
+    bias: Option<Var>,
+    hw: HwSpec,
+    model: ErrorModel,
+    seed: u64,
+    state: Mutex<LayerState>,
+}
+
+fn err(msg: String) -> candle_core::Error {
+    candle_core::Error::Msg(msg)
+}
+
+impl HwLayer {
+    /// A layer named `name` (its tensor prefix, used in errors and as its noise key)
+    /// with the given parameters, on `hw`, starting in `mode`.
+    pub fn new(
+        name: &str,
+        op: Layer,
+        weight: Var,
+        bias: Option<Var>,
+        hw: HwSpec,
+        mode: ExecMode,
+    ) -> approx_hw::Result<Self> {
+        let model = ErrorModel::for_spec(&hw)?;
+        let seed = name.bytes().fold(0u64, |h, b| mix(h ^ u64::from(b)));
+        Ok(Self {
+            name: name.to_string(),
+            op,
+            weight,
+            bias,
+            hw,
+            model,
+            seed,
+            state: Mutex::new(LayerState {
+                mode,
+                calibration: None,
+                calibrate_next: false,
+                binning: Binning::Range,
+                step: 0,
+            }),
+        })
+    }
+
+    fn state(&self) -> LayerState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut LayerState)) {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// The layer's name (tensor prefix).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The weight.
+    pub fn weight(&self) -> &Var {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Var> {
+        self.bias.as_ref()
+    }
+
+    /// The hardware this layer runs on.
+    pub fn hw(&self) -> &HwSpec {
+        &self.hw
+    }
+
+    /// The current execution mode.
+    pub fn mode(&self) -> ExecMode {
+        self.state().mode
+    }
+
+    /// Sets the execution mode.
+    pub fn set_mode(&self, mode: ExecMode) {
+        self.update(|s| s.mode = mode);
+    }
+
+    /// The training step, which keys this step's injected and analog noise.
+    pub fn set_step(&self, step: u64) {
+        self.update(|s| s.step = step);
+    }
+
+    /// Asks for a calibration on the next forward (in `inject` mode): that forward
+    /// first fits the bias and std polynomials on its input, then uses them.
+    pub fn request_calibration(&self) {
+        self.update(|s| s.calibrate_next = true);
+    }
+
+    /// How calibration bins residuals. The default, [`Binning::Range`], bins over the
+    /// approximation's range; [`Binning::RexSc`] is REX-SC's scheme, which fits no
+    /// bias unless all 30 of its bins (up to the largest bit-accurate value) are
+    /// populated, and so often injects noise without the systematic error.
+    pub fn set_binning(&self, binning: Binning) {
+        self.update(|s| s.binning = binning);
+    }
+
+    /// The calibrated error, if any.
+    pub fn calibration(&self) -> Option<Calibration> {
+        self.state().calibration
+    }
+
+    /// Sets (or clears) the calibrated error, e.g. when loading a model.
+    pub fn set_calibration(&self, calibration: Option<Calibration>) {
+        self.update(|s| s.calibration = calibration);
+    }
+
+    /// Clamps the weight into `lo..=hi` (REX-SC clamps SC weights to `[−1, 0.999]`
+    /// after every epoch).
+    pub fn clamp_weight(&self, lo: f32, hi: f32) -> Result<()> {
+        self.weight.set(&self.weight.clamp(lo, hi)?)
+    }
+
+    /// The layer's forward in its current mode.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let state = self.state();
+        let (x, w) = self.operands(x, state.mode)?;
+        let y = match state.mode {
+            ExecMode::Float => self.exact(&x, &w)?,
+            ExecMode::ApproxFn => self.approx(&x, &w, None)?,
+            ExecMode::Inject => {
+                let calibration = if state.calibrate_next {
+                    let c = self.fit_calibration(&x.detach(), &w.detach())?;
+                    self.update(|s| {
+                        s.calibration = Some(c);
+                        s.calibrate_next = false;
+                    });
+                    Some(c)
+                } else {
+                    state.calibration
+                };
+                self.approx(&x, &w, calibration.map(|c| (c, state.step)))?
+            }
+            ExecMode::Accurate => {
+                let hardware = self.hardware(&x.detach(), &w.detach(), state.step)?;
+                straight_through(&self.approx(&x, &w, None)?, &hardware)?
+            }
+        };
+        match &self.bias {
+            None => Ok(y),
+            Some(b) => match self.op {
+                Layer::Conv2d(_) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+                Layer::Linear => y.broadcast_add(b.as_tensor()),
+            },
+        }
+    }
+
+    /// The operands as the hardware sees them: SC quantizes input and weight to the
+    /// 1/128 grid with straight-through gradients (REX-SC §1.2 step A).
+    fn operands(&self, x: &Tensor, mode: ExecMode) -> Result<(Tensor, Tensor)> {
+        let w = self.weight.as_tensor().clone();
+        if mode == ExecMode::Float || !matches!(self.hw, HwSpec::Sc(_)) {
+            return Ok((x.clone(), w));
+        }
+        let q = Quantizer {
+            bits: SC_QUANT_BITS,
+        };
+        Ok((q.apply(x)?, q.apply(&w)?))
+    }
+
+    /// The exact layer (no bias): the fast im2col + GEMM conv, or a matmul.
+    pub fn exact(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        match self.op {
+            Layer::Conv2d(params) => crate::conv::conv2d(x, w, params),
+            Layer::Linear => x.matmul(&w.t()?),
+        }
+    }
+
+    /// The bit-accurate forward (no bias) on detached operands.
+    fn hardware(&self, x: &Tensor, w: &Tensor, step: u64) -> Result<Tensor> {
+        let out = match &self.hw {
+            // Fresh analog noise every step, reproducible from the step.
+            HwSpec::Analog(spec) => AnalogOp::new(*spec, self.op).with_draw(step).apply(x, w),
+            hw => approx_hw::forward(hw, self.op, x, w),
+        };
+        out.map_err(|e| err(format!("layer `{}` on {}: {e}", self.name, self.hw)))
+    }
+
+    fn noise_seed(&self, step: u64, unit: u64) -> u64 {
+        mix(mix(self.seed ^ mix(step)) ^ unit)
+    }
+
+    /// The surrogate forward (no bias): the error model on exact partial sums, with
+    /// the calibrated error injected when given (with the step keying the noise).
+    fn approx(&self, x: &Tensor, w: &Tensor, inject: Option<(Calibration, u64)>) -> Result<Tensor> {
+        let injection = |unit| {
+            inject.map(|(calibration, step)| Injection {
+                calibration,
+                seed: self.noise_seed(step, unit),
+            })
+        };
+        let model = self.model;
+        let plain = Surrogate {
+            model,
+            injection: None,
+        };
+        // SC injects per polarity (REX-SC); every other kind on the layer output.
+        let per_polarity = matches!(self.hw, HwSpec::Sc(_));
+        let y = match model.partial_sums() {
+            PartialSums::Whole => {
+                return Surrogate {
+                    model,
+                    injection: injection(0),
+                }
+                .apply(&self.exact(x, w)?)
+            }
+            PartialSums::SplitWeights => {
+                let (wp, wn) = (w.relu()?, w.neg()?.relu()?);
+                if per_polarity {
+                    let pos = Surrogate {
+                        model,
+                        injection: injection(0),
+                    }
+                    .apply(&self.exact(x, &wp)?)?;
+                    let neg = Surrogate {
+                        model,
+                        injection: injection(1),
+                    }
+                    .apply(&self.exact(x, &wn)?)?;
+                    return pos - neg;
+                }
+                (plain.apply(&self.exact(x, &wp)?)? - plain.apply(&self.exact(x, &wn)?)?)?
+            }
+            PartialSums::Tiles { rows } => self.tiled(x, w, rows, plain)?,
+        };
+        Surrogate {
+            model: ErrorModel::Identity,
+            injection: injection(0),
+        }
+        .apply(&y)
+    }
+
+    /// `Σ_t scale_t · model(s_t / scale_t)` over tiles of `rows` fan-in rows, with
+    /// `scale_t` (detached) the tile's input abs-max per output pixel times its weight
+    /// abs-max.
+    fn tiled(&self, x: &Tensor, w: &Tensor, rows: usize, surrogate: Surrogate) -> Result<Tensor> {
+        let geo = self.geometry(x, w)?;
+        let fan_in = geo.fan_in();
+        let x_data = x.flatten_all()?.to_vec1::<f32>()?;
+        let w_data = w.flatten_all()?.to_vec1::<f32>()?;
+        let pixels = geo.batch * geo.out_pixels();
+        let mut col = vec![0f32; fan_in * pixels];
+        im2col(&geo, &x_data, 0..pixels, &mut col);
+        let out_dims = self.op.out_shape(&geo);
+        let mut scale_dims = out_dims.clone();
+        scale_dims[1] = 1;
+        let mut total: Option<Tensor> = None;
+        for r0 in (0..fan_in).step_by(rows) {
+            let r1 = (r0 + rows).min(fan_in);
+            let omega = w_data
+                .chunks(fan_in)
+                .flat_map(|r| &r[r0..r1])
+                .fold(0f32, |m, v| m.max(v.abs()));
+            // α per output pixel over the tile's rows, laid out like the output with
+            // one channel (pixels are numbered image-major, as NCHW is).
+            let mut alpha = vec![0f32; pixels];
+            for row in col[r0 * pixels..r1 * pixels].chunks(pixels) {
+                alpha
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(a, v)| *a = a.max(v.abs()));
+            }
+            let scale: Vec<f32> = alpha.iter().map(|a| a * omega).collect();
+            let safe: Vec<f32> = scale
+                .iter()
+                .map(|&s| if s > 0.0 { s } else { 1.0 })
+                .collect();
+            let scale = Tensor::from_vec(scale, scale_dims.as_slice(), &Device::Cpu)?;
+            let safe = Tensor::from_vec(safe, scale_dims.as_slice(), &Device::Cpu)?;
+            let mask: Vec<f32> = (0..w_data.len())
+                .map(|i| f32::from(u8::from((r0..r1).contains(&(i % fan_in)))))
+                .collect();
+            let mask = Tensor::from_vec(mask, w.shape(), &Device::Cpu)?;
+            let s = self.exact(x, &(w * mask)?)?;
+            let part = surrogate
+                .apply(&s.broadcast_div(&safe)?)?
+                .broadcast_mul(&scale)?;
+            total = Some(match total {
+                None => part,
+                Some(t) => (t + part)?,
+            });
+        }
+        total.ok_or_else(|| err(format!("layer `{}` has no fan-in", self.name)))
+    }
+
+    fn geometry(&self, x: &Tensor, w: &Tensor) -> Result<ConvGeometry> {
+        self.op
+            .geometry(x.dims(), w.dims())
+            .map_err(|e| err(format!("layer `{}`: {e}", self.name)))
+    }
+
+    /// Fits the bias and std polynomials from the input `x` (detached, quantized as
+    /// the hardware sees it): bit-accurate against approximate values of the
+    /// injection units (SC: `P/B`, `N/B` against `f_n(s±)`, as REX-SC; other kinds:
+    /// the layer output).
+    fn fit_calibration(&self, x: &Tensor, w: &Tensor) -> Result<Calibration> {
+        let flat = |t: Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
+        let state = self.state();
+        let plain = Surrogate {
+            model: self.model,
+            injection: None,
+        };
+        if let HwSpec::Sc(spec) = &self.hw {
+            let counts = match self.op {
+                Layer::Conv2d(params) => sc::conv2d_counts(x, w, spec, params),
+                Layer::Linear => sc::linear_counts(x, w, spec),
+            }
+            .map_err(|e| err(format!("layer `{}`: {e}", self.name)))?;
+            let b = spec.stream_len() as f64;
+            let to_value = |t: &Tensor| -> Result<Vec<f32>> {
+                Ok(flat(t.to_dtype(candle_core::DType::F32)?)?
+                    .iter()
+                    .map(|&c| (f64::from(c) / b) as f32)
+                    .collect())
+            };
+            let mut bit = to_value(&counts.pos)?;
+            bit.extend(to_value(&counts.neg)?);
+            let mut approx = flat(plain.apply(&self.exact(x, &w.relu()?)?)?)?;
+            approx.extend(flat(plain.apply(&self.exact(x, &w.neg()?.relu()?)?)?)?);
+            return Ok(Calibration::fit(&approx, &bit, state.binning));
+        }
+        let bit = flat(self.hardware(x, w, state.step)?)?;
+        let approx = flat(self.approx(x, w, None)?)?;
+        Ok(Calibration::fit(&approx, &bit, state.binning))
+    }
+}
