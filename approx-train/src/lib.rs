@@ -4,7 +4,10 @@
 
 pub mod calibration;
 pub mod conv;
+pub mod data;
 pub mod layer;
 pub mod mode;
+pub mod optim;
+pub mod schedule;
 pub mod ste;
 pub mod surrogate;
