@@ -165,7 +165,7 @@ pub(crate) mod tests {
             err.contains("asks for 12 data bytes, the file has 11") && err.contains("img"),
             "{err}"
         );
-        std::fs::write(&img, idx_labels(&[1])).unwrap();
+        std::fs::write(&img, idx_labels(&[1; 20])).unwrap();
         assert!(read_idx_images(&img)
             .unwrap_err()
             .to_string()
