@@ -1,12 +1,10 @@
 //! Reading tensors from safetensors files with errors that name the file and tensor,
 //! and atomic writes: a failed command never leaves a half-written output file.
 
-use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use safetensors::SafeTensors;
 
 /// A safetensors file read into memory, with its path for error messages.
@@ -66,56 +64,4 @@ impl TensorFile {
     }
 }
 
-/// Writes `tensors` (all f32) with `metadata` to `path` atomically: a temporary file in
-/// the same folder, fsync, rename.
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &[(&str, &Tensor)],
-    metadata: HashMap<String, String>,
-) -> Result<()> {
-    let bytes = tensors
-        .iter()
-        .map(|(_, t)| -> Result<Vec<u8>> {
-            let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, t), bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.dims().to_vec(), bytes)
-                .map(|v| (name.to_string(), v))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let encoded = safetensors::serialize(views, Some(metadata))?;
-    write_atomic(path, &encoded)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder, so that the
-/// file either appears whole or not at all.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .with_context(|| format!("output path `{}` has no file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write `{}`", path.display()));
-    }
-    Ok(())
-}
+pub use approx_train::io::write_safetensors;

@@ -5,9 +5,13 @@
 pub mod calibration;
 pub mod conv;
 pub mod data;
+pub mod io;
 pub mod layer;
 pub mod mode;
+pub mod model;
 pub mod optim;
+pub mod recompute;
 pub mod schedule;
 pub mod ste;
 pub mod surrogate;
+pub mod trainer;

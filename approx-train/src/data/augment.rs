@@ -23,7 +23,10 @@ impl Augment {
     pub fn apply(&self, image: &mut [f32], (c, h, w): (usize, usize, usize), rng: &mut impl Rng) {
         let p = self.crop_padding as i64;
         let (dy, dx) = if p > 0 {
-            (rng.random_range(-p..=p) as isize, rng.random_range(-p..=p) as isize)
+            (
+                rng.random_range(-p..=p) as isize,
+                rng.random_range(-p..=p) as isize,
+            )
         } else {
             (0, 0)
         };

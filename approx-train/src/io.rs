@@ -1,0 +1,113 @@
+//! Crash-safe file writes and memory statistics.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+
+/// Writes `bytes` to `path` through a temporary file in the same folder (written,
+/// synced, renamed over `path`, folder synced), so the file appears whole or not at
+/// all, even if the process is killed mid-write. The error names the path.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let with_path = |e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("cannot write `{}`: {e}", path.display()))
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("output path `{}` has no file name", path.display()),
+        )
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable (best effort: not every file system allows
+        // opening a folder).
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(with_path(e));
+    }
+    Ok(())
+}
+
+/// Writes `tensors` (stored as f32) with string `metadata` to a safetensors file at
+/// `path`, atomically.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(&str, &Tensor)],
+    metadata: HashMap<String, String>,
+) -> candle_core::Result<()> {
+    let fail =
+        |e: String| candle_core::Error::Msg(format!("cannot write `{}`: {e}", path.display()));
+    let bytes = tensors
+        .iter()
+        .map(|(_, t)| -> candle_core::Result<Vec<u8>> {
+            let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, t), bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.dims().to_vec(), bytes)
+                .map(|v| (name.to_string(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(e.to_string()))?;
+    let encoded = safetensors::serialize(views, Some(metadata)).map_err(|e| fail(e.to_string()))?;
+    write_atomic(path, &encoded).map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
+/// Peak resident memory of this process in bytes (`VmHWM`), where the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets the peak resident memory to the current value (Linux `clear_refs`), so a
+/// following [`peak_rss_bytes`] measures one phase. Returns whether it worked.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_files_and_names_the_path_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temporary file left behind"
+        );
+        let bad = dir.path().join("missing/out.bin");
+        let err = write_atomic(&bad, b"x").unwrap_err().to_string();
+        assert!(err.contains("missing/out.bin"), "{err}");
+    }
+}

@@ -1,0 +1,34 @@
+//! What the trainer needs from a model.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Result, Tensor, Var};
+
+use crate::layer::HwLayer;
+use crate::mode::ExecMode;
+
+/// A classifier the trainer can train and evaluate.
+pub trait Model: Send + Sync {
+    /// Logits `[N, classes]` for images `[N, C, H, W]`; `train` selects training
+    /// behaviour (batch statistics in batch norm).
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+
+    /// The layers that run on the hardware.
+    fn hw_layers(&self) -> Vec<&HwLayer>;
+
+    /// Every parameter and buffer by tensor name (what a checkpoint saves); batch-norm
+    /// running statistics included, which get no gradient.
+    fn named_vars(&self) -> Vec<(String, Var)>;
+
+    /// Adds gradients that checkpointed blocks computed out of band (see
+    /// [`crate::recompute`]); models without checkpointing have none.
+    fn merge_recomputed_grads(&self, _grads: &mut GradStore) -> Result<()> {
+        Ok(())
+    }
+
+    /// Sets the execution mode of every hardware layer.
+    fn set_mode(&self, mode: ExecMode) {
+        for l in self.hw_layers() {
+            l.set_mode(mode);
+        }
+    }
+}

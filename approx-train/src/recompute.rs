@@ -1,0 +1,165 @@
+//! Gradient checkpointing of whole blocks: a block's forward runs without keeping its
+//! intermediate activations; backward recomputes them from the block's input and runs
+//! a nested backward. Parameter gradients leave the nested backward through a side
+//! channel and are merged into the step's gradients with [`Recompute::merge_into`].
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor, Var};
+
+/// A block's forward: input to output, building its graph on the given input.
+pub type BlockFn = Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+
+/// The gradient side channel shared by a model's checkpointed blocks.
+#[derive(Clone, Default)]
+pub struct Recompute {
+    side: Arc<Mutex<Vec<GradStore>>>,
+}
+
+impl std::fmt::Debug for Recompute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recompute")
+    }
+}
+
+impl Recompute {
+    /// Runs `block` on `x` keeping only `x` and the output for backward; `params` are
+    /// the block's parameters, whose gradients go through the side channel.
+    pub fn block(&self, x: &Tensor, params: Vec<Var>, block: BlockFn) -> Result<Tensor> {
+        // The op is recorded only on a tracked input; data is wrapped in a Var.
+        let x = if x.track_op() {
+            x.clone()
+        } else {
+            Var::from_tensor(x)?.as_tensor().clone()
+        };
+        x.apply_op1(Checkpoint {
+            block,
+            params,
+            side: self.side.clone(),
+        })
+    }
+
+    /// Adds the parameter gradients of every recomputed block since the last call into
+    /// `grads`.
+    pub fn merge_into(&self, grads: &mut GradStore) -> Result<()> {
+        let mut side = self.side.lock().unwrap_or_else(|e| e.into_inner());
+        for store in side.drain(..) {
+            for id in store.get_ids().copied().collect::<Vec<_>>() {
+                let Some(g) = store.get_id(id) else { continue };
+                let sum = match grads.get_id(id) {
+                    Some(existing) => (existing + g)?,
+                    None => g.clone(),
+                };
+                grads.insert_id(id, sum);
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Checkpoint {
+    block: BlockFn,
+    params: Vec<Var>,
+    side: Arc<Mutex<Vec<GradStore>>>,
+}
+
+impl CustomOp1 for Checkpoint {
+    fn name(&self) -> &'static str {
+        "checkpoint"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            return Err(candle_core::Error::Msg(format!(
+                "checkpointed blocks take f32, got {:?}",
+                storage.dtype()
+            )));
+        };
+        // A graph-free copy: the block's intermediate tensors die with this call.
+        let x = Tensor::from_vec(
+            candle_core::cpu_backend::unary_map(data, layout, |v| v),
+            layout.shape(),
+            &Device::Cpu,
+        )?;
+        let y = (self.block)(&x)?.detach();
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let x = Var::from_tensor(&arg.detach())?;
+        let y = (self.block)(x.as_tensor())?;
+        let grads = (y * grad)?.sum_all()?.backward()?;
+        let mut keep = GradStore::default();
+        for p in &self.params {
+            if let Some(g) = grads.get(p) {
+                keep.insert(p, g.detach());
+            }
+        }
+        self.side
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(keep);
+        Ok(grads.get(x.as_tensor()).map(Tensor::detach))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpointed_gradients_equal_plain_ones() {
+        let dev = Device::Cpu;
+        let w1 = Var::from_vec(
+            (0..12).map(|i| i as f32 * 0.1 - 0.5).collect(),
+            (3, 4),
+            &dev,
+        )
+        .unwrap();
+        let w2 = Var::from_vec(
+            (0..8).map(|i| 0.3 - i as f32 * 0.07).collect(),
+            (4, 2),
+            &dev,
+        )
+        .unwrap();
+        let x = Tensor::from_vec(
+            (0..15).map(|i| (i as f32 * 0.37).sin()).collect(),
+            (5, 3),
+            &dev,
+        )
+        .unwrap();
+        let block = |w: Var| -> BlockFn { Arc::new(move |t: &Tensor| t.matmul(&w)?.tanh()) };
+        let plain = block(w2.clone())(&block(w1.clone())(&x).unwrap())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let g_plain = plain.backward().unwrap();
+        let rc = Recompute::default();
+        let h = rc.block(&x, vec![w1.clone()], block(w1.clone())).unwrap();
+        let y = rc.block(&h, vec![w2.clone()], block(w2.clone())).unwrap();
+        let mut g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        rc.merge_into(&mut g).unwrap();
+        for w in [&w1, &w2] {
+            assert_eq!(
+                g.get(w)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+                g_plain
+                    .get(w)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            );
+        }
+    }
+}
