@@ -119,6 +119,7 @@ impl Calibration {
 /// The degree-5 polynomial closest to the points `(x, y)` in least squares, by
 /// Householder QR of the Vandermonde matrix (stable where the normal equations are
 /// not). Needs more than `DEGREE` points.
+#[allow(clippy::needless_range_loop)] // Matrix algebra reads clearest with indices.
 fn least_squares(x: &[f64], y: &[f64]) -> [f64; DEGREE + 1] {
     const N: usize = DEGREE + 1;
     let m = x.len();

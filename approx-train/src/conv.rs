@@ -40,15 +40,14 @@ fn dense(storage: &CpuStorage, layout: &Layout) -> Result<Vec<f32>> {
 }
 
 /// `C = A · B` for row-major `A` (m x k) and `B` (k x n) into row-major `C` (m x n),
-/// accumulating into `C` when `accumulate`.
+/// accumulating into `C` when `accumulate`. Each operand is `(data, transposed)`: a
+/// transposed operand is stored as the row-major transpose.
 fn gemm_rm(
     m: usize,
     n: usize,
     k: usize,
-    a: &[f32],
-    a_t: bool,
-    b: &[f32],
-    b_t: bool,
+    (a, a_t): (&[f32], bool),
+    (b, b_t): (&[f32], bool),
     c: &mut [f32],
     accumulate: bool,
 ) {
@@ -99,7 +98,13 @@ fn forward(geo: &ConvGeometry, input: &[f32], weight: &[f32]) -> Vec<f32> {
             let mut col = vec![0f32; fan_in * pixels];
             im2col(geo, input, n * pixels..(n + 1) * pixels, &mut col);
             gemm_rm(
-                out_ch, pixels, fan_in, weight, false, &col, false, out, false,
+                out_ch,
+                pixels,
+                fan_in,
+                (weight, false),
+                (&col, false),
+                out,
+                false,
             );
         });
     out
@@ -124,12 +129,26 @@ fn backward(
                 let g = &grad[n * out_ch * pixels..][..out_ch * pixels];
                 // dX: columns Wᵀ·g, scattered back to the input positions.
                 gemm_rm(
-                    fan_in, pixels, out_ch, weight, true, g, false, &mut col, false,
+                    fan_in,
+                    pixels,
+                    out_ch,
+                    (weight, true),
+                    (g, false),
+                    &mut col,
+                    false,
                 );
                 col2im_image(geo, &col, dx);
                 // dW += g · colᵀ.
                 im2col(geo, input, n * pixels..(n + 1) * pixels, &mut col);
-                gemm_rm(out_ch, fan_in, pixels, g, false, &col, true, &mut dw, true);
+                gemm_rm(
+                    out_ch,
+                    fan_in,
+                    pixels,
+                    (g, false),
+                    (&col, true),
+                    &mut dw,
+                    true,
+                );
                 (dw, col)
             },
         )

@@ -320,7 +320,7 @@ mod tests {
             .sum_all()
             .unwrap();
         let mut grads = loss.backward().unwrap();
-        let norm = clip_grad_norm(&[w.clone()], &mut grads, 1.0).unwrap();
+        let norm = clip_grad_norm(std::slice::from_ref(&w), &mut grads, 1.0).unwrap();
         assert!((norm - 5.0).abs() < 1e-6);
         let g = grads.get(&w).unwrap().to_vec1::<f32>().unwrap();
         assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6);

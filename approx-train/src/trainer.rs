@@ -304,7 +304,7 @@ pub fn train(
         data.skip_to(state.next_batch);
         for b in state.next_batch..batches {
             let (mut x, mut y) = data.get(b)?;
-            let calibrate = mode == ExecMode::Inject && (b == 0 || b as u64 % period == 0);
+            let calibrate = mode == ExecMode::Inject && (b as u64).is_multiple_of(period);
             if calibrate {
                 // REX-SC calibrates on the first half of the batch and trains on it.
                 let half = x.dim(0)?.div_ceil(2);

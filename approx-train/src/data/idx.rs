@@ -65,8 +65,11 @@ fn header(path: &Path, bytes: &[u8], magic: u32, rank: usize) -> Result<Vec<usiz
     }
 }
 
+/// Pixels in `[0, 1]` and the (channels, height, width) of one image.
+pub type Images = (Vec<f32>, (usize, usize, usize));
+
 /// Reads an IDX image file (rank 3, u8) as `[0, 1]` floats with one channel.
-pub fn read_idx_images(path: &Path) -> Result<(Vec<f32>, (usize, usize, usize)), DataError> {
+pub fn read_idx_images(path: &Path) -> Result<Images, DataError> {
     let limit = (MAX_IMAGES * 28 * 28 * 4) as u64;
     let bytes = read_maybe_gz(path, limit)?;
     let dims = header(path, &bytes, IMAGES_MAGIC, 3)?;
