@@ -1,0 +1,227 @@
+//! A model as a sequence of layers: what TinyConv, LeNet-5 and the MLP are, and what
+//! a model file describes.
+
+use approx_hw::{Conv2dParams, Layer};
+use approx_train::layer::HwLayer;
+use approx_train::mode::ExecMode;
+use approx_train::model::Model;
+use candle_core::{Result, Tensor, Var};
+
+use crate::hwmap::HwMap;
+use crate::norm::BatchNorm;
+use crate::store::{Init, LoadError, ParamStore};
+
+/// One step of a sequential model.
+pub enum Step {
+    /// A conv2d or linear layer on (possibly) approximate hardware.
+    Hw(HwLayer),
+    /// Batch normalisation.
+    BatchNorm(BatchNorm),
+    /// `max(x, 0)`.
+    Relu,
+    /// `clamp(x, 0, 1)` (REX-SC's `Hardtanh(0, 1)`, which keeps SC inputs unipolar).
+    Hardtanh01,
+    /// Average pooling, square kernel = stride.
+    AvgPool(usize),
+    /// Max pooling, square kernel = stride.
+    MaxPool(usize),
+    /// `[N, ...]` to `[N, features]`.
+    Flatten,
+}
+
+/// A layer waiting for its hardware (assigned when the model is complete, since
+/// "all but first and last" needs the count).
+struct PendingLayer {
+    name: String,
+    op: Layer,
+    weight: Var,
+    bias: Option<Var>,
+}
+
+enum Pending {
+    Layer(PendingLayer),
+    Other(Step),
+}
+
+/// Builds a [`Sequential`] step by step, taking parameters from a [`ParamStore`].
+pub struct Builder {
+    store: ParamStore,
+    steps: Vec<Pending>,
+}
+
+impl Builder {
+    /// A builder drawing parameters from `store`.
+    pub fn new(store: ParamStore) -> Self {
+        Self {
+            store,
+            steps: Vec::new(),
+        }
+    }
+
+    /// A conv2d layer `name`: `in_ch → out_ch`, square `kernel`, `stride`, `padding`,
+    /// with or without bias; PyTorch's default initialisation U(±1/√fan_in).
+    pub fn conv(
+        &mut self,
+        name: &str,
+        (in_ch, out_ch): (usize, usize),
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    ) -> &mut Self {
+        let bound = 1.0 / ((in_ch * kernel * kernel) as f32).sqrt();
+        let weight = self.store.param(
+            &format!("{name}.weight"),
+            &[out_ch, in_ch, kernel, kernel],
+            Init::Uniform(bound),
+        );
+        let bias = bias.then(|| {
+            self.store
+                .param(&format!("{name}.bias"), &[out_ch], Init::Uniform(bound))
+        });
+        self.steps.push(Pending::Layer(PendingLayer {
+            name: name.to_string(),
+            op: Layer::Conv2d(Conv2dParams::new(stride, padding)),
+            weight,
+            bias,
+        }));
+        self
+    }
+
+    /// A linear layer `name`: `in_f → out_f`, with or without bias.
+    pub fn linear(&mut self, name: &str, (in_f, out_f): (usize, usize), bias: bool) -> &mut Self {
+        let bound = 1.0 / (in_f as f32).sqrt();
+        let weight = self.store.param(
+            &format!("{name}.weight"),
+            &[out_f, in_f],
+            Init::Uniform(bound),
+        );
+        let bias = bias.then(|| {
+            self.store
+                .param(&format!("{name}.bias"), &[out_f], Init::Uniform(bound))
+        });
+        self.steps.push(Pending::Layer(PendingLayer {
+            name: name.to_string(),
+            op: Layer::Linear,
+            weight,
+            bias,
+        }));
+        self
+    }
+
+    /// A batch norm `name` over `channels`, quantized as REX-SC's when `quantized`.
+    pub fn batch_norm(&mut self, name: &str, channels: usize, quantized: bool) -> &mut Self {
+        let bn = BatchNorm::new(&mut self.store, name, channels, quantized);
+        self.steps.push(Pending::Other(Step::BatchNorm(bn)));
+        self
+    }
+
+    /// A parameter-free step.
+    pub fn step(&mut self, step: Step) -> &mut Self {
+        self.steps.push(Pending::Other(step));
+        self
+    }
+
+    /// The finished model `name` for inputs `input` (C, H, W) and `classes` outputs,
+    /// its layers on the hardware `hw` says, in `mode`; fails listing every tensor of
+    /// a loaded file that does not fit.
+    pub fn finish(
+        self,
+        name: &str,
+        input: (usize, usize, usize),
+        classes: usize,
+        hw: &HwMap,
+        mode: ExecMode,
+    ) -> std::result::Result<Sequential, LoadError> {
+        let vars = self.store.finish(name)?;
+        let count = self
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Pending::Layer(_)))
+            .count();
+        let mut index = 0;
+        let mut steps = Vec::with_capacity(self.steps.len());
+        for s in self.steps {
+            steps.push(match s {
+                Pending::Other(step) => step,
+                Pending::Layer(p) => {
+                    let spec = hw.resolve(&p.name, index, count);
+                    index += 1;
+                    let layer =
+                        HwLayer::new(&p.name, p.op, p.weight, p.bias, spec, mode).map_err(|e| {
+                            LoadError::Hardware {
+                                layer: p.name.clone(),
+                                message: e.to_string(),
+                            }
+                        })?;
+                    Step::Hw(layer)
+                }
+            });
+        }
+        Ok(Sequential {
+            name: name.to_string(),
+            input,
+            classes,
+            steps,
+            vars,
+        })
+    }
+}
+
+/// A model that applies its steps in order.
+pub struct Sequential {
+    name: String,
+    input: (usize, usize, usize),
+    classes: usize,
+    steps: Vec<Step>,
+    vars: Vec<(String, Var)>,
+}
+
+impl Sequential {
+    /// The model's name (e.g. `tinyconv`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Input shape (C, H, W).
+    pub fn input_shape(&self) -> (usize, usize, usize) {
+        self.input
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+}
+
+impl Model for Sequential {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut h = x.clone();
+        for step in &self.steps {
+            h = match step {
+                Step::Hw(l) => l.forward(&h)?,
+                Step::BatchNorm(bn) => bn.forward(&h, train)?,
+                Step::Relu => h.relu()?,
+                Step::Hardtanh01 => h.clamp(0f32, 1f32)?,
+                Step::AvgPool(k) => h.avg_pool2d(*k)?,
+                Step::MaxPool(k) => h.max_pool2d(*k)?,
+                Step::Flatten => h.flatten_from(1)?,
+            };
+        }
+        Ok(h)
+    }
+
+    fn hw_layers(&self) -> Vec<&HwLayer> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Hw(l) => Some(l),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        self.vars.clone()
+    }
+}

@@ -1,0 +1,197 @@
+//! Every built-in model in every execution mode, save/load round trips, and strict
+//! loading errors that name every offending tensor.
+
+use std::collections::BTreeMap;
+
+use approx_models::{build, load, save, HwMap, LoadError, ModelKind};
+use approx_train::calibration::Calibration;
+use approx_train::mode::ExecMode;
+use approx_train::model::Model;
+use candle_core::{DType, Device, Tensor};
+
+fn input(shape: (usize, usize, usize), n: usize) -> Tensor {
+    let (c, h, w) = shape;
+    let v: Vec<f32> = (0..n * c * h * w)
+        .map(|i| ((i * 37 % 101) as f32) / 100.0)
+        .collect();
+    Tensor::from_vec(v, (n, c, h, w), &Device::Cpu).unwrap()
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn every_model_runs_forward_and_backward_in_every_mode_and_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ModelKind::ALL {
+        for (shape, hw) in [
+            ((1, 28, 28), "sc:len=16,acc=or2"),
+            ((3, 32, 32), "mult:design=drum4"),
+        ] {
+            let hw = HwMap::All(hw.parse().unwrap());
+            let net = build(kind, shape, 10, &hw, ExecMode::Float, 3).unwrap();
+            let x = input(shape, 2);
+            for mode in ExecMode::ALL {
+                net.set_mode(mode);
+                let y = net.forward(&x, true).unwrap();
+                assert_eq!(y.dims(), &[2, 10], "{kind} {mode}");
+                let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+                for l in net.hw_layers() {
+                    assert!(
+                        grads.get(l.weight()).is_some(),
+                        "{kind} {mode}: no gradient for {}",
+                        l.name()
+                    );
+                }
+            }
+            net.hw_layers()[0].set_calibration(Some(Calibration {
+                bias: [0.01, 0.0, 0.0, 0.0, 0.0, 0.0],
+                std: [0.02; 6],
+            }));
+            let path = dir.path().join(format!("{kind}.safetensors"));
+            save(&net, &path, &hw).unwrap();
+            let back = load(kind, &path, shape, 10, &hw, ExecMode::Accurate, false).unwrap();
+            net.set_mode(ExecMode::Accurate);
+            assert_eq!(
+                flat(&net.forward(&x, false).unwrap()),
+                flat(&back.forward(&x, false).unwrap()),
+                "{kind}"
+            );
+            assert_eq!(
+                back.hw_layers()[0].calibration(),
+                net.hw_layers()[0].calibration()
+            );
+        }
+    }
+}
+
+fn write(path: &std::path::Path, tensors: &[(&str, Tensor)]) {
+    let map: std::collections::HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
+    candle_core::safetensors::save(&map, path).unwrap();
+}
+
+#[test]
+fn loading_errors_name_every_offending_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = (1, 28, 28);
+    let hw = HwMap::All(approx_hw::HwSpec::Exact);
+    let net = build(ModelKind::Mlp, shape, 10, &hw, ExecMode::Float, 1).unwrap();
+    let good: BTreeMap<String, Tensor> = net
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
+    let mut tensors: Vec<(&str, Tensor)> = good
+        .iter()
+        .filter(|(n, _)| *n != "fc2.bias")
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
+    for (name, t) in tensors.iter_mut() {
+        if *name == "fc1.bias" {
+            *t = Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap();
+        }
+        if *name == "fc3.bias" {
+            *t = Tensor::zeros(10, DType::U32, &Device::Cpu).unwrap();
+        }
+    }
+    tensors.push((
+        "extra.weight",
+        Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+    ));
+    let path = dir.path().join("bad.safetensors");
+    write(&path, &tensors);
+    let err = load(
+        ModelKind::Mlp,
+        &path,
+        shape,
+        10,
+        &hw,
+        ExecMode::Float,
+        false,
+    )
+    .err()
+    .unwrap();
+    let text = err.to_string();
+    for needle in [
+        "missing tensor `fc2.bias`",
+        "tensor `fc1.bias` has shape [7], expected [256]",
+        "tensor `fc3.bias` has dtype U32",
+        "unexpected tensor `extra.weight`",
+        "bad.safetensors",
+    ] {
+        assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+    }
+    assert!(matches!(err, LoadError::Mismatch { ref problems, .. } if problems.len() == 4));
+    // --allow-missing accepts the missing tensor but not the others.
+    let err = load(ModelKind::Mlp, &path, shape, 10, &hw, ExecMode::Float, true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        !err.contains("fc2.bias") && err.contains("extra.weight"),
+        "{err}"
+    );
+
+    // f16 converts on load.
+    let half: Vec<(&str, Tensor)> = good
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.to_dtype(DType::F16).unwrap()))
+        .collect();
+    let path16 = dir.path().join("half.safetensors");
+    write(&path16, &half);
+    assert!(load(
+        ModelKind::Mlp,
+        &path16,
+        shape,
+        10,
+        &hw,
+        ExecMode::Float,
+        false
+    )
+    .is_ok());
+
+    // Truncated and non-safetensors files.
+    let bytes = std::fs::read(&path16).unwrap();
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    let err = load(ModelKind::Mlp, &cut, shape, 10, &hw, ExecMode::Float, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("cut.safetensors") && err.contains("not a valid safetensors file"),
+        "{err}"
+    );
+    let junk = dir.path().join("junk.txt");
+    std::fs::write(&junk, "hello").unwrap();
+    let err = load(
+        ModelKind::Mlp,
+        &junk,
+        shape,
+        10,
+        &hw,
+        ExecMode::Float,
+        false,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("junk.txt"), "{err}");
+    let err = load(
+        ModelKind::Mlp,
+        &dir.path().join("nope"),
+        shape,
+        10,
+        &hw,
+        ExecMode::Float,
+        false,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("nope"), "{err}");
+}
