@@ -14,7 +14,7 @@ use crate::store::{Init, LoadError, ParamStore};
 /// One step of a sequential model.
 pub enum Step {
     /// A conv2d or linear layer on (possibly) approximate hardware.
-    Hw(HwLayer),
+    Hw(Box<HwLayer>),
     /// Batch normalisation.
     BatchNorm(BatchNorm),
     /// `max(x, 0)`.
@@ -154,7 +154,7 @@ impl Builder {
                                 message: e.to_string(),
                             }
                         })?;
-                    Step::Hw(layer)
+                    Step::Hw(Box::new(layer))
                 }
             });
         }
@@ -215,7 +215,7 @@ impl Model for Sequential {
         self.steps
             .iter()
             .filter_map(|s| match s {
-                Step::Hw(l) => Some(l),
+                Step::Hw(l) => Some(l.as_ref()),
                 _ => None,
             })
             .collect()
