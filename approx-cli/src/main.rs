@@ -2,7 +2,8 @@
 //!
 //! A thin binary over the library crates: argument parsing, logging, reports and
 //! exit codes. Exit status: 0 on success, 1 on any error (the message says what and
-//! where), 2 on a command-line usage error (from clap).
+//! where), 2 on a command-line usage error (from clap), 130 when a training run was
+//! interrupted with Ctrl-C (it checkpointed; `--resume` continues it).
 
 mod cmd;
 mod io;
@@ -26,6 +27,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Fine-tune a model for approximate hardware: pretrain (or load) a float model,
+    /// measure it on the hardware, fine-tune with error injection then bit-accurate
+    /// epochs, and report. With no arguments: TinyConv on embedded Fashion-MNIST, SC.
+    Finetune(cmd::finetune::Args),
     /// Run one layer on one hardware model, for cross-checking against other simulators.
     Simulate(cmd::simulate::Args),
     /// List hardware kinds and their keys.
@@ -48,7 +53,12 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Ctrl-C asks a running training to finish its step, checkpoint and stop.
+    if let Err(e) = ctrlc::set_handler(|| cmd::finetune::STOP.store(true, std::sync::atomic::Ordering::SeqCst)) {
+        tracing::warn!("cannot install the Ctrl-C handler: {e}");
+    }
     let result = match cli.command {
+        Command::Finetune(args) => cmd::finetune::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Hw(args) => cmd::hw::run(args),
         Command::Bench(args) => cmd::bench::run(args),

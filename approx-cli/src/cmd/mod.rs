@@ -1,5 +1,8 @@
-//! One module per `approx` subcommand.
+//! One module per `approx` subcommand, plus the options they share.
 
 pub mod bench;
+pub mod data;
+pub mod finetune;
 pub mod hw;
+pub mod model_args;
 pub mod simulate;

@@ -14,6 +14,11 @@ const LABELS_MAGIC: u32 = 0x0000_0801;
 /// whose (decompressed) size exceeds `limit` bytes.
 fn read_maybe_gz(path: &Path, limit: u64) -> Result<Vec<u8>, DataError> {
     let raw = std::fs::read(path).map_err(|e| DataError::new(path, e.to_string()))?;
+    maybe_gunzip(path, raw, limit)
+}
+
+/// `raw`, gunzipped when it starts with the gzip magic (errors name `path`).
+fn maybe_gunzip(path: &Path, raw: Vec<u8>, limit: u64) -> Result<Vec<u8>, DataError> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(raw.as_slice())
@@ -68,10 +73,15 @@ fn header(path: &Path, bytes: &[u8], magic: u32, rank: usize) -> Result<Vec<usiz
 /// Pixels in `[0, 1]` and the (channels, height, width) of one image.
 pub type Images = (Vec<f32>, (usize, usize, usize));
 
+/// Largest decompressed image file, in bytes.
+const MAX_IMAGE_BYTES: u64 = (MAX_IMAGES * 28 * 28 * 4) as u64;
+
 /// Reads an IDX image file (rank 3, u8) as `[0, 1]` floats with one channel.
 pub fn read_idx_images(path: &Path) -> Result<Images, DataError> {
-    let limit = (MAX_IMAGES * 28 * 28 * 4) as u64;
-    let bytes = read_maybe_gz(path, limit)?;
+    images_from(path, read_maybe_gz(path, MAX_IMAGE_BYTES)?)
+}
+
+fn images_from(path: &Path, bytes: Vec<u8>) -> Result<Images, DataError> {
     let dims = header(path, &bytes, IMAGES_MAGIC, 3)?;
     if dims[0] > MAX_IMAGES || dims[1] > MAX_SIDE || dims[2] > MAX_SIDE {
         return Err(DataError::new(path, format!("header {dims:?} exceeds the limits of {MAX_IMAGES} images of {MAX_SIDE}x{MAX_SIDE}")));
@@ -82,7 +92,10 @@ pub fn read_idx_images(path: &Path) -> Result<Images, DataError> {
 
 /// Reads an IDX label file (rank 1, u8).
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
-    let bytes = read_maybe_gz(path, MAX_IMAGES as u64 + 8)?;
+    labels_from(path, read_maybe_gz(path, MAX_IMAGES as u64 + 8)?)
+}
+
+fn labels_from(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>, DataError> {
     header(path, &bytes, LABELS_MAGIC, 1)?;
     Ok(bytes[8..].to_vec())
 }
@@ -90,8 +103,40 @@ pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
 /// Reads an image file and its label file as a data set of `classes` classes,
 /// checking that they agree in length and that every label is below `classes`.
 pub fn read_idx_pair(images: &Path, labels: &Path, classes: usize) -> Result<Dataset, DataError> {
-    let (pixels, shape) = read_idx_images(images)?;
-    let label_data = read_idx_labels(labels)?;
+    pair(
+        images,
+        read_idx_images(images)?,
+        labels,
+        read_idx_labels(labels)?,
+        classes,
+    )
+}
+
+/// [`read_idx_pair`] on file contents already in memory (raw or gzip), e.g. data
+/// compiled into a binary; `images` and `labels` name them in errors.
+pub fn idx_pair_from_bytes(
+    images: (&Path, &[u8]),
+    labels: (&Path, &[u8]),
+    classes: usize,
+) -> Result<Dataset, DataError> {
+    let pixels = images_from(
+        images.0,
+        maybe_gunzip(images.0, images.1.to_vec(), MAX_IMAGE_BYTES)?,
+    )?;
+    let label_data = labels_from(
+        labels.0,
+        maybe_gunzip(labels.0, labels.1.to_vec(), MAX_IMAGES as u64 + 8)?,
+    )?;
+    pair(images.0, pixels, labels.0, label_data, classes)
+}
+
+fn pair(
+    images: &Path,
+    (pixels, shape): Images,
+    labels: &Path,
+    label_data: Vec<u8>,
+    classes: usize,
+) -> Result<Dataset, DataError> {
     let n = pixels.len() / (shape.1 * shape.2).max(1);
     if label_data.len() != n {
         return Err(DataError::new(

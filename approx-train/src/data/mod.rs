@@ -8,7 +8,7 @@ mod loader;
 
 pub use augment::Augment;
 pub use cifar::read_cifar10;
-pub use idx::{read_idx_images, read_idx_labels, read_idx_pair};
+pub use idx::{idx_pair_from_bytes, read_idx_images, read_idx_labels, read_idx_pair, Images};
 pub use loader::Batches;
 
 use std::fmt;

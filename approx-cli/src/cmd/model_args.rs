@@ -1,0 +1,55 @@
+//! Options shared by the commands that build a model: which model, which weights,
+//! which hardware.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use approx_hw::HwSpec;
+use approx_models::{build, load, HwMap, ModelKind, Sequential};
+use approx_train::mode::ExecMode;
+
+/// Model, weights and hardware options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Model: `tinyconv`, `lenet5` or `mlp`.
+    #[arg(long, default_value = "tinyconv")]
+    pub model: ModelKind,
+    /// Safetensors weights with PyTorch names (default: train from scratch).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Accept a weights file that lacks some tensors (they are initialised).
+    #[arg(long)]
+    pub allow_missing: bool,
+    /// Hardware of every conv/linear layer, e.g. `sc:len=32,acc=or2` (see `approx hw list`).
+    #[arg(long, default_value = "sc:len=32,acc=or2")]
+    pub hw: String,
+    /// Per-layer hardware instead of --hw: `LAYER=SPEC,...` (`conv1=exact,conv*=sc:len=64`);
+    /// unmatched layers are exact.
+    #[arg(long, conflicts_with = "hw")]
+    pub hw_map: Option<String>,
+}
+
+impl ModelArgs {
+    /// The hardware map these options describe.
+    pub fn hw_map(&self) -> Result<HwMap> {
+        Ok(match &self.hw_map {
+            Some(map) => map.parse().map_err(anyhow::Error::msg).with_context(|| format!("bad --hw-map `{map}`"))?,
+            None => HwMap::All(self.hw.parse::<HwSpec>().with_context(|| format!("bad --hw `{}`", self.hw))?),
+        })
+    }
+
+    /// The model for inputs `input` and `classes`, from `--weights` or fresh from
+    /// `seed`, in `mode`.
+    pub fn build(&self, input: (usize, usize, usize), classes: usize, hw: &HwMap, mode: ExecMode, seed: u64) -> Result<Sequential> {
+        Ok(match &self.weights {
+            Some(path) => {
+                if path.to_string_lossy().starts_with("hf://") {
+                    bail!("--weights `{}`: Hugging Face hub references are not supported; download the file and pass its path", path.display());
+                }
+                load(self.model, path, input, classes, hw, mode, self.allow_missing)
+                    .with_context(|| format!("loading --weights for model `{}`", self.model))?
+            }
+            None => build(self.model, input, classes, hw, mode, seed)?,
+        })
+    }
+}
