@@ -54,7 +54,9 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     // Ctrl-C asks a running training to finish its step, checkpoint and stop.
-    if let Err(e) = ctrlc::set_handler(|| cmd::finetune::STOP.store(true, std::sync::atomic::Ordering::SeqCst)) {
+    if let Err(e) =
+        ctrlc::set_handler(|| cmd::finetune::STOP.store(true, std::sync::atomic::Ordering::SeqCst))
+    {
         tracing::warn!("cannot install the Ctrl-C handler: {e}");
     }
     let result = match cli.command {

@@ -1,10 +1,10 @@
 //! Batch normalisation with PyTorch's names and semantics, and REX-SC's quantized
 //! variant (`specs/sc-rexsc.md` §1.5).
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 
 use crate::store::{Init, ParamStore};
-use approx_train::ste::straight_through;
 
 /// PyTorch's default batch-norm momentum and epsilon.
 const MOMENTUM: f64 = 0.1;
@@ -50,71 +50,225 @@ impl BatchNorm {
 
     /// Normalises `x` (`[N, C, H, W]` or `[N, C]`): batch statistics when `train`
     /// (updating the running ones with momentum 0.1, unbiased variance), running ones
-    /// otherwise.
+    /// otherwise. One fused op with its own backward (candle's gradients of
+    /// broadcast channel vectors reduce over strided axes, which is slow).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let rank = x.rank();
-        let c = x.dim(1)?;
-        // Channels last, flattened: [rows, C].
-        let rows = if rank == 4 {
-            x.permute((0, 2, 3, 1))?.reshape(((), c))?
-        } else {
-            x.clone()
-        };
+        let (n, c) = (x.dim(0)?, x.dim(1)?);
+        let inner = x.elem_count() / (n * c).max(1);
+        let data = x.flatten_all()?.to_vec1::<f32>()?;
         let (mean, var) = if train {
-            let n = rows.dim(0)? as f64;
-            let mean = rows.mean(0)?;
-            let var = rows.broadcast_sub(&mean)?.sqr()?.mean(0)?;
-            let unbiased = (var.detach() * (n / (n - 1.0).max(1.0)))?;
-            self.running_mean.set(
-                &((self.running_mean.as_tensor() * (1.0 - MOMENTUM))?
-                    + (mean.detach() * MOMENTUM)?)?,
-            )?;
-            self.running_var.set(
-                &((self.running_var.as_tensor() * (1.0 - MOMENTUM))? + (unbiased * MOMENTUM)?)?,
-            )?;
+            let (mean, var) = channel_stats(&data, n, c, inner);
+            let count = (n * inner) as f32;
+            let unbiased: Vec<f32> = var
+                .iter()
+                .map(|v| v * count / (count - 1.0).max(1.0))
+                .collect();
+            let blend = |running: &Var, batch: Vec<f32>| -> Result<()> {
+                let batch = Tensor::from_vec(batch, c, x.device())?;
+                running.set(&((running.as_tensor() * (1.0 - MOMENTUM))? + (batch * MOMENTUM)?)?)
+            };
+            blend(&self.running_mean, mean.clone())?;
+            blend(&self.running_var, unbiased)?;
             (mean, var)
         } else {
             (
-                self.running_mean.as_tensor().clone(),
-                self.running_var.as_tensor().clone(),
+                self.running_mean.to_vec1::<f32>()?,
+                self.running_var.to_vec1::<f32>()?,
             )
         };
-        let inv = (var + EPS)?.sqrt()?.recip()?;
-        let k = (self.weight.as_tensor() * &inv)?;
-        let b = (self.bias.as_tensor() - (&mean * &k)?)?;
-        let shaped = |t: &Tensor| -> Result<Tensor> {
-            if rank == 4 {
-                t.reshape((1, c, 1, 1))
-            } else {
-                t.reshape((1, c))
-            }
+        let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + EPS as f32).sqrt()).collect();
+        let quantized = if self.quantized {
+            let gamma = self.weight.to_vec1::<f32>()?;
+            let beta = self.bias.to_vec1::<f32>()?;
+            let k: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, i)| g * i).collect();
+            let b: Vec<f32> = beta
+                .iter()
+                .zip(&k)
+                .zip(&mean)
+                .map(|((b, k), m)| b - m * k)
+                .collect();
+            Some(quantize_affine(&k, &b))
+        } else {
+            None
         };
-        let y = x.broadcast_mul(&shaped(&k)?)?.broadcast_add(&shaped(&b)?)?;
-        if !self.quantized {
-            return Ok(y);
+        x.apply_op3(
+            self.weight.as_tensor(),
+            self.bias.as_tensor(),
+            BatchNormOp {
+                mean,
+                inv_std,
+                batch_stats: train,
+                quantized,
+            },
+        )
+    }
+}
+
+/// Per-channel mean and biased variance of `[n, c, inner]` data.
+fn channel_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut sum = vec![0f64; c];
+    let mut sq = vec![0f64; c];
+    for img in x.chunks(c * inner) {
+        for (ch, plane) in img.chunks(inner).enumerate() {
+            let (s, q) = plane.iter().fold((0f64, 0f64), |(s, q), &v| {
+                (s + f64::from(v), q + f64::from(v) * f64::from(v))
+            });
+            sum[ch] += s;
+            sq[ch] += q;
         }
-        let (kq, bq) = quantize_affine(&k.detach(), &b.detach())?;
-        let yq = x
-            .detach()
-            .broadcast_mul(&shaped(&kq)?)?
-            .broadcast_add(&shaped(&bq)?)?;
-        straight_through(&y, &yq)
+    }
+    let count = (n * inner).max(1) as f64;
+    let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+    let var = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| ((q / count) - m * m).max(0.0) as f32)
+        .collect();
+    (mean.into_iter().map(|m| m as f32).collect(), var)
+}
+
+/// `y = γ·(x − μ)·inv_std + β` per channel over (x, γ, β); or, quantized, the value
+/// `x·k_q + b_q` with the float op's gradient. With batch statistics the gradient
+/// flows through μ and the variance, as PyTorch's.
+struct BatchNormOp {
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    batch_stats: bool,
+    quantized: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<std::borrow::Cow<'a, [f32]>> {
+    let CpuStorage::F32(d) = s else {
+        return Err(candle_core::Error::Msg(format!(
+            "batch norm takes f32 {what}, got {:?}",
+            s.dtype()
+        )));
+    };
+    Ok(match l.contiguous_offsets() {
+        Some((a, b)) => std::borrow::Cow::Borrowed(&d[a..b]),
+        None => std::borrow::Cow::Owned(candle_core::cpu_backend::unary_map(d, l, |v| v)),
+    })
+}
+
+impl CustomOp3 for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, "input")?;
+        let (gamma, beta) = (f32s(s2, l2, "weight")?, f32s(s3, l3, "bias")?);
+        let dims = l1.dims();
+        let (c, inner) = (dims[1], dims[2..].iter().product::<usize>());
+        let mut y = vec![0f32; x.len()];
+        for (img_out, img) in y.chunks_mut(c * inner).zip(x.chunks(c * inner)) {
+            for ch in 0..c {
+                let (k, b) = match &self.quantized {
+                    Some((kq, bq)) => (kq[ch], bq[ch]),
+                    None => {
+                        let k = gamma[ch] * self.inv_std[ch];
+                        (k, beta[ch] - self.mean[ch] * k)
+                    }
+                };
+                let (src, dst) = (
+                    &img[ch * inner..][..inner],
+                    &mut img_out[ch * inner..][..inner],
+                );
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = v * k + b;
+                }
+            }
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dims = x.dims().to_vec();
+        let (n, c, inner) = (dims[0], dims[1], dims[2..].iter().product::<usize>());
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let g = grad.flatten_all()?.to_vec1::<f32>()?;
+        let gm = gamma.to_vec1::<f32>()?;
+        // Per channel: Σg and Σg·x̂.
+        let (mut sum_g, mut sum_gx) = (vec![0f64; c], vec![0f64; c]);
+        for (img_x, img_g) in xv.chunks(c * inner).zip(g.chunks(c * inner)) {
+            for ch in 0..c {
+                let (m, i) = (self.mean[ch], self.inv_std[ch]);
+                for (&v, &d) in img_x[ch * inner..][..inner]
+                    .iter()
+                    .zip(&img_g[ch * inner..][..inner])
+                {
+                    sum_g[ch] += f64::from(d);
+                    sum_gx[ch] += f64::from(d) * f64::from((v - m) * i);
+                }
+            }
+        }
+        let count = (n * inner) as f64;
+        let mut dx = vec![0f32; xv.len()];
+        for ((img_dx, img_x), img_g) in dx
+            .chunks_mut(c * inner)
+            .zip(xv.chunks(c * inner))
+            .zip(g.chunks(c * inner))
+        {
+            for ch in 0..c {
+                let (m, i) = (self.mean[ch], self.inv_std[ch]);
+                let scale = gm[ch] * i;
+                let (mg, mgx) = ((sum_g[ch] / count) as f32, (sum_gx[ch] / count) as f32);
+                for ((d, &v), &gg) in img_dx[ch * inner..][..inner]
+                    .iter_mut()
+                    .zip(&img_x[ch * inner..][..inner])
+                    .zip(&img_g[ch * inner..][..inner])
+                {
+                    *d = if self.batch_stats {
+                        scale * (gg - mg - (v - m) * i * mgx)
+                    } else {
+                        scale * gg
+                    };
+                }
+            }
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, dims, dev)?),
+            Some(Tensor::from_vec(
+                sum_gx.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                c,
+                dev,
+            )?),
+            Some(Tensor::from_vec(
+                sum_g.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                c,
+                dev,
+            )?),
+        ))
     }
 }
 
 /// REX-SC's `quantize_shift`: `scale = 2^ceil(log2(3 · mean(k)))`, then `k` and `b`
 /// rounded (half to even) to 1/128 of the scale and clamped to ±127/128 of it.
-fn quantize_affine(k: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
-    let mean_k = f64::from(k.mean_all()?.to_scalar::<f32>()?);
+fn quantize_affine(k: &[f32], b: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mean_k = k.iter().map(|&v| f64::from(v)).sum::<f64>() / k.len().max(1) as f64;
     let scale = if mean_k > 0.0 {
         2f64.powf((3.0 * mean_k).log2().ceil())
     } else {
         1.0
     };
-    let q = |t: &Tensor| -> Result<Tensor> {
-        let v: Vec<f32> = t
-            .to_vec1::<f32>()?
-            .iter()
+    let q = |t: &[f32]| -> Vec<f32> {
+        t.iter()
             .map(|&x| {
                 ((f64::from(x) / scale * 128.0)
                     .round_ties_even()
@@ -122,8 +276,57 @@ fn quantize_affine(k: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
                     / 128.0
                     * scale) as f32
             })
-            .collect();
-        Tensor::from_vec(v, t.shape(), t.device())
+            .collect()
     };
-    Ok((q(k)?, q(b)?))
+    (q(k), q(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ParamStore;
+    use candle_core::Device;
+
+    /// Batch norm from candle's own ops, the obviously-correct reference.
+    fn reference(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: Option<(&Tensor, &Tensor)>) -> Tensor {
+        let c = x.dim(1).unwrap();
+        let shape = (1, c, 1, 1);
+        let (mean, var) = match stats {
+            Some((m, v)) => (m.reshape(shape).unwrap(), v.reshape(shape).unwrap()),
+            None => {
+                let mean = x.mean_keepdim(3).unwrap().mean_keepdim(2).unwrap().mean_keepdim(0).unwrap();
+                let var = x.broadcast_sub(&mean).unwrap().sqr().unwrap().mean_keepdim(3).unwrap().mean_keepdim(2).unwrap().mean_keepdim(0).unwrap();
+                (mean, var)
+            }
+        };
+        let xhat = x.broadcast_sub(&mean).unwrap().broadcast_div(&(var + EPS).unwrap().sqrt().unwrap()).unwrap();
+        xhat.broadcast_mul(&gamma.reshape(shape).unwrap()).unwrap().broadcast_add(&beta.reshape(shape).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn fused_batch_norm_matches_candle_ops_in_value_and_gradient() {
+        let mut store = ParamStore::fresh(1);
+        let bn = BatchNorm::new(&mut store, "bn", 3, false);
+        bn.weight.set(&Tensor::new(&[1.5f32, -0.5, 2.0], &Device::Cpu).unwrap()).unwrap();
+        bn.bias.set(&Tensor::new(&[0.1f32, 0.2, -0.3], &Device::Cpu).unwrap()).unwrap();
+        let xv: Vec<f32> = (0..2 * 3 * 4 * 5).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
+        let x = Var::from_vec(xv, (2, 3, 4, 5), &Device::Cpu).unwrap();
+        let probe = Tensor::from_vec((0..120).map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0).collect::<Vec<_>>(), (2, 3, 4, 5), &Device::Cpu).unwrap();
+        for train in [true, false] {
+            let stats = (!train).then(|| (bn.running_mean.as_tensor().clone(), bn.running_var.as_tensor().clone()));
+            let ours = bn.forward(&x, train).unwrap();
+            let theirs = reference(&x, &bn.weight, &bn.bias, stats.as_ref().map(|(m, v)| (m, v)));
+            let diff = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "train={train}: value differs by {diff}");
+            let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &bn.weight, &bn.bias] {
+                let d = (g1.get(v).unwrap() - g2.get(v).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(d < 1e-4, "train={train}: gradient differs by {d}");
+            }
+        }
+        // Running statistics moved by momentum 0.1 towards the batch's.
+        let rm = bn.running_mean.to_vec1::<f32>().unwrap();
+        assert!(rm.iter().any(|&m| m != 0.0));
+    }
 }

@@ -203,7 +203,7 @@ impl Model for Sequential {
                 Step::BatchNorm(bn) => bn.forward(&h, train)?,
                 Step::Relu => h.relu()?,
                 Step::Hardtanh01 => h.clamp(0f32, 1f32)?,
-                Step::AvgPool(k) => h.avg_pool2d(*k)?,
+                Step::AvgPool(k) => avg_pool(&h, *k)?,
                 Step::MaxPool(k) => h.max_pool2d(*k)?,
                 Step::Flatten => h.flatten_from(1)?,
             };
@@ -224,4 +224,18 @@ impl Model for Sequential {
     fn named_vars(&self) -> Vec<(String, Var)> {
         self.vars.clone()
     }
+}
+
+/// `k x k` average pooling with stride `k` (trailing rows and columns that do not fill
+/// a window are dropped, as PyTorch's `AvgPool2d` does), as a reshape and two means:
+/// candle's own pooling backward goes through a slow index-dividing upsampling.
+fn avg_pool(x: &Tensor, k: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (oh, ow) = (h / k, w / k);
+    let x = if oh * k != h || ow * k != w {
+        x.narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)?.contiguous()?
+    } else {
+        x.clone()
+    };
+    x.reshape((n, c, oh, k, ow, k))?.mean(5)?.mean(3)
 }

@@ -7,10 +7,14 @@ use approx_train::data::{idx_pair_from_bytes, read_cifar10, read_idx_pair, Datas
 
 /// The embedded subset: the first 6,000 training and 1,000 test images of
 /// Fashion-MNIST (MIT; see `data/fashion-mnist-subset/README.md`).
-const SUBSET_TRAIN_IMAGES: &[u8] = include_bytes!("../../../data/fashion-mnist-subset/train-images-idx3-ubyte.gz");
-const SUBSET_TRAIN_LABELS: &[u8] = include_bytes!("../../../data/fashion-mnist-subset/train-labels-idx1-ubyte.gz");
-const SUBSET_TEST_IMAGES: &[u8] = include_bytes!("../../../data/fashion-mnist-subset/t10k-images-idx3-ubyte.gz");
-const SUBSET_TEST_LABELS: &[u8] = include_bytes!("../../../data/fashion-mnist-subset/t10k-labels-idx1-ubyte.gz");
+const SUBSET_TRAIN_IMAGES: &[u8] =
+    include_bytes!("../../../data/fashion-mnist-subset/train-images-idx3-ubyte.gz");
+const SUBSET_TRAIN_LABELS: &[u8] =
+    include_bytes!("../../../data/fashion-mnist-subset/train-labels-idx1-ubyte.gz");
+const SUBSET_TEST_IMAGES: &[u8] =
+    include_bytes!("../../../data/fashion-mnist-subset/t10k-images-idx3-ubyte.gz");
+const SUBSET_TEST_LABELS: &[u8] =
+    include_bytes!("../../../data/fashion-mnist-subset/t10k-labels-idx1-ubyte.gz");
 
 /// Where the data comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +69,10 @@ fn idx_file(dir: &Path, stem: &str) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    bail!("no `{stem}` or `{stem}.gz` in `{}` (scripts/fetch-data.sh fetches the full sets)", dir.display())
+    bail!(
+        "no `{stem}` or `{stem}.gz` in `{}` (scripts/fetch-data.sh fetches the full sets)",
+        dir.display()
+    )
 }
 
 impl DataSource {
@@ -74,8 +81,16 @@ impl DataSource {
         let sets: Result<(Dataset, Dataset)> = Ok(match self {
             DataSource::Embedded => {
                 let name = |n: &str| PathBuf::from(format!("<embedded>/{n}"));
-                let train = idx_pair_from_bytes((&name("train-images"), SUBSET_TRAIN_IMAGES), (&name("train-labels"), SUBSET_TRAIN_LABELS), 10)?;
-                let test = idx_pair_from_bytes((&name("t10k-images"), SUBSET_TEST_IMAGES), (&name("t10k-labels"), SUBSET_TEST_LABELS), 10)?;
+                let train = idx_pair_from_bytes(
+                    (&name("train-images"), SUBSET_TRAIN_IMAGES),
+                    (&name("train-labels"), SUBSET_TRAIN_LABELS),
+                    10,
+                )?;
+                let test = idx_pair_from_bytes(
+                    (&name("t10k-images"), SUBSET_TEST_IMAGES),
+                    (&name("t10k-labels"), SUBSET_TEST_LABELS),
+                    10,
+                )?;
                 (train, test)
             }
             DataSource::Mnist(dir) | DataSource::FashionMnist(dir) => {
@@ -87,7 +102,9 @@ impl DataSource {
                 (pair("train")?, pair("t10k")?)
             }
             DataSource::Cifar10(dir) => {
-                let train: Vec<PathBuf> = (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect();
+                let train: Vec<PathBuf> = (1..=5)
+                    .map(|i| dir.join(format!("data_batch_{i}.bin")))
+                    .collect();
                 let refs: Vec<&Path> = train.iter().map(PathBuf::as_path).collect();
                 let test = dir.join("test_batch.bin");
                 (read_cifar10(&refs)?, read_cifar10(&[&test])?)

@@ -27,7 +27,9 @@ pub static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Arguments of `approx finetune`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  approx finetune\n  approx finetune --hw sc:len=64,acc=or1 --epochs 6 --out runs/or1\n  approx finetune --weights float.safetensors --hw mult:design=drum4 --schedule inject:0.5,accurate:0.5\n\nExit status: 0 done, 1 error, 2 usage error, 130 interrupted (resume with --resume).")]
+#[command(
+    after_help = "Examples:\n  approx finetune\n  approx finetune --hw sc:len=64,acc=or1 --epochs 6 --out runs/or1\n  approx finetune --weights float.safetensors --hw mult:design=drum4 --schedule inject:0.5,accurate:0.5\n\nExit status: 0 done, 1 error, 2 usage error, 130 interrupted (resume with --resume)."
+)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
@@ -91,16 +93,27 @@ struct Report {
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let hw = args.model.hw_map()?;
-    args.schedule.epochs(args.epochs).map_err(anyhow::Error::msg).context("bad --schedule")?;
+    args.schedule
+        .epochs(args.epochs)
+        .map_err(anyhow::Error::msg)
+        .context("bad --schedule")?;
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create output folder `{}`", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create output folder `{}`", args.out.display()))?;
     let probe = args.out.join(".approx-write-test");
-    write_atomic(&probe, b"").with_context(|| format!("output folder `{}` is not writable", args.out.display()))?;
+    write_atomic(&probe, b"")
+        .with_context(|| format!("output folder `{}` is not writable", args.out.display()))?;
     let _ = std::fs::remove_file(&probe);
     let (train_set, test_set) = args.data.load()?;
-    tracing::info!("data {}: {} training, {} test images of {:?}", args.data, train_set.len(), test_set.len(), train_set.shape);
+    tracing::info!(
+        "data {}: {} training, {} test images of {:?}",
+        args.data,
+        train_set.len(),
+        test_set.len(),
+        train_set.shape
+    );
     on_large_stack(|| job(&args, &hw, &train_set, &test_set, started))
 }
 
@@ -134,41 +147,110 @@ fn progress(phase: &'static str) -> impl FnMut(Event) {
             r.mode,
             r.loss,
             100.0 * r.train_accuracy,
-            r.eval_accuracy.map_or(String::new(), |a| format!("eval {:.2} %, ", 100.0 * a)),
+            r.eval_accuracy
+                .map_or(String::new(), |a| format!("eval {:.2} %, ", 100.0 * a)),
             r.samples_per_second
         ),
-        Event::Step { epoch, batch, batches, loss } if batch % 20 == 0 => {
-            tracing::debug!("{phase} epoch {} step {}/{batches}: loss {loss:.4}", epoch + 1, batch + 1)
+        Event::Step {
+            epoch,
+            batch,
+            batches,
+            loss,
+        } if batch % 20 == 0 => {
+            tracing::debug!(
+                "{phase} epoch {} step {}/{batches}: loss {loss:.4}",
+                epoch + 1,
+                batch + 1
+            )
         }
         _ => {}
     }
 }
 
-fn job(args: &Args, hw: &HwMap, train_set: &Dataset, test_set: &Dataset, started: Instant) -> Result<()> {
-    let model = args.model.build(train_set.shape, train_set.classes, hw, ExecMode::Float, args.seed)?;
+fn job(
+    args: &Args,
+    hw: &HwMap,
+    train_set: &Dataset,
+    test_set: &Dataset,
+    started: Instant,
+) -> Result<()> {
+    let model = args.model.build(
+        train_set.shape,
+        train_set.classes,
+        hw,
+        ExecMode::Float,
+        args.seed,
+    )?;
     let mut pretrain_history = Vec::new();
     let pretrained_path = args.out.join("pretrained.safetensors");
     if args.model.weights.is_none() {
         if args.resume && pretrained_path.is_file() {
-            let loaded = approx_models::load(args.model.model, &pretrained_path, train_set.shape, train_set.classes, hw, ExecMode::Float, false)?;
+            let loaded = approx_models::load(
+                args.model.model,
+                &pretrained_path,
+                train_set.shape,
+                train_set.classes,
+                hw,
+                ExecMode::Float,
+                false,
+            )?;
             copy_weights(&loaded, &model)?;
-            tracing::info!("loaded the pretrained model from `{}`", pretrained_path.display());
+            tracing::info!(
+                "loaded the pretrained model from `{}`",
+                pretrained_path.display()
+            );
         } else {
-            let cfg = config(args, args.pretrain_epochs, Phases::single(ExecMode::Float), args.pretrain_lr, args.out.join("pretrain-checkpoint.safetensors"));
-            let out = train(&model, train_set, None, &cfg, args.resume, &STOP, &mut progress("pretrain"))?;
+            let cfg = config(
+                args,
+                args.pretrain_epochs,
+                Phases::single(ExecMode::Float),
+                args.pretrain_lr,
+                args.out.join("pretrain-checkpoint.safetensors"),
+            );
+            let out = train(
+                &model,
+                train_set,
+                None,
+                &cfg,
+                args.resume,
+                &STOP,
+                &mut progress("pretrain"),
+            )?;
             pretrain_history = out.history;
             if out.stopped {
                 return stopped(args, out.steps);
             }
-            save(&model, &pretrained_path, &HwMap::All(approx_hw::HwSpec::Exact))?;
+            save(
+                &model,
+                &pretrained_path,
+                &HwMap::All(approx_hw::HwSpec::Exact),
+            )?;
         }
     }
     let float_accuracy = evaluate(&model, test_set, ExecMode::Float, args.batch)?;
     let hw_accuracy_before = evaluate(&model, test_set, ExecMode::Accurate, args.batch)?;
-    tracing::info!("float accuracy {:.2} %, on {hw}: {:.2} %", 100.0 * float_accuracy, 100.0 * hw_accuracy_before);
-    let mut cfg = config(args, args.epochs, args.schedule.clone(), args.lr, args.out.join("finetune-checkpoint.safetensors"));
+    tracing::info!(
+        "float accuracy {:.2} %, on {hw}: {:.2} %",
+        100.0 * float_accuracy,
+        100.0 * hw_accuracy_before
+    );
+    let mut cfg = config(
+        args,
+        args.epochs,
+        args.schedule.clone(),
+        args.lr,
+        args.out.join("finetune-checkpoint.safetensors"),
+    );
     cfg.eval_mode = Some(ExecMode::Accurate);
-    let out = train(&model, train_set, Some(test_set), &cfg, args.resume, &STOP, &mut progress("fine-tune"))?;
+    let out = train(
+        &model,
+        train_set,
+        Some(test_set),
+        &cfg,
+        args.resume,
+        &STOP,
+        &mut progress("fine-tune"),
+    )?;
     if out.stopped {
         return stopped(args, out.steps);
     }
@@ -182,7 +264,11 @@ fn job(args: &Args, hw: &HwMap, train_set: &Dataset, test_set: &Dataset, started
         schedule: args.schedule.to_string(),
         seed: args.seed,
         epochs: args.epochs,
-        pretrain_epochs: if args.model.weights.is_none() { args.pretrain_epochs } else { 0 },
+        pretrain_epochs: if args.model.weights.is_none() {
+            args.pretrain_epochs
+        } else {
+            0
+        },
         float_accuracy,
         hw_accuracy_before,
         hw_accuracy_after,
@@ -194,8 +280,16 @@ fn job(args: &Args, hw: &HwMap, train_set: &Dataset, test_set: &Dataset, started
     println!("{:<28} {:>10}", "model", report.model);
     println!("{:<28} {:>10}", "hardware", report.hw);
     println!("{:<28} {:>9.2} %", "float accuracy", 100.0 * float_accuracy);
-    println!("{:<28} {:>9.2} %", "hardware accuracy before", 100.0 * hw_accuracy_before);
-    println!("{:<28} {:>9.2} %", "hardware accuracy after", 100.0 * hw_accuracy_after);
+    println!(
+        "{:<28} {:>9.2} %",
+        "hardware accuracy before",
+        100.0 * hw_accuracy_before
+    );
+    println!(
+        "{:<28} {:>9.2} %",
+        "hardware accuracy after",
+        100.0 * hw_accuracy_after
+    );
     println!("{:<28} {:>9.1} s", "wall time", report.wall_seconds);
     println!("wrote {}", model_path.display());
     Ok(())
@@ -203,10 +297,16 @@ fn job(args: &Args, hw: &HwMap, train_set: &Dataset, test_set: &Dataset, started
 
 fn stopped(args: &Args, steps: u64) -> Result<()> {
     if STOP.load(Ordering::SeqCst) {
-        eprintln!("interrupted after {steps} steps; checkpoint written to `{}`: continue with --resume", args.out.display());
+        eprintln!(
+            "interrupted after {steps} steps; checkpoint written to `{}`: continue with --resume",
+            args.out.display()
+        );
         std::process::exit(130);
     }
-    println!("stopped after --max-steps {steps}; checkpoints are in `{}` (continue with --resume)", args.out.display());
+    println!(
+        "stopped after --max-steps {steps}; checkpoints are in `{}` (continue with --resume)",
+        args.out.display()
+    );
     Ok(())
 }
 
@@ -214,7 +314,9 @@ fn stopped(args: &Args, steps: u64) -> Result<()> {
 fn copy_weights(from: &Sequential, to: &Sequential) -> Result<()> {
     let src: BTreeMap<String, candle_core::Var> = from.named_vars().into_iter().collect();
     for (name, var) in to.named_vars() {
-        let t = src.get(&name).with_context(|| format!("pretrained model lacks `{name}`"))?;
+        let t = src
+            .get(&name)
+            .with_context(|| format!("pretrained model lacks `{name}`"))?;
         var.set(t.as_tensor())?;
     }
     Ok(())
@@ -226,8 +328,13 @@ fn write_outputs(args: &Args, report: &Report) -> Result<()> {
     if let Some(path) = &args.json {
         write_atomic(path, json.as_bytes())?;
     }
-    let mut csv = String::from("phase,epoch,mode,loss,train_accuracy,eval_accuracy,samples_per_second,seconds\n");
-    for (phase, records) in [("pretrain", &report.pretrain), ("finetune", &report.finetune)] {
+    let mut csv = String::from(
+        "phase,epoch,mode,loss,train_accuracy,eval_accuracy,samples_per_second,seconds\n",
+    );
+    for (phase, records) in [
+        ("pretrain", &report.pretrain),
+        ("finetune", &report.finetune),
+    ] {
         for r in records.iter() {
             csv.push_str(&format!(
                 "{phase},{},{},{:.6},{:.6},{},{:.1},{:.3}\n",

@@ -33,21 +33,43 @@ impl ModelArgs {
     /// The hardware map these options describe.
     pub fn hw_map(&self) -> Result<HwMap> {
         Ok(match &self.hw_map {
-            Some(map) => map.parse().map_err(anyhow::Error::msg).with_context(|| format!("bad --hw-map `{map}`"))?,
-            None => HwMap::All(self.hw.parse::<HwSpec>().with_context(|| format!("bad --hw `{}`", self.hw))?),
+            Some(map) => map
+                .parse()
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("bad --hw-map `{map}`"))?,
+            None => HwMap::All(
+                self.hw
+                    .parse::<HwSpec>()
+                    .with_context(|| format!("bad --hw `{}`", self.hw))?,
+            ),
         })
     }
 
     /// The model for inputs `input` and `classes`, from `--weights` or fresh from
     /// `seed`, in `mode`.
-    pub fn build(&self, input: (usize, usize, usize), classes: usize, hw: &HwMap, mode: ExecMode, seed: u64) -> Result<Sequential> {
+    pub fn build(
+        &self,
+        input: (usize, usize, usize),
+        classes: usize,
+        hw: &HwMap,
+        mode: ExecMode,
+        seed: u64,
+    ) -> Result<Sequential> {
         Ok(match &self.weights {
             Some(path) => {
                 if path.to_string_lossy().starts_with("hf://") {
                     bail!("--weights `{}`: Hugging Face hub references are not supported; download the file and pass its path", path.display());
                 }
-                load(self.model, path, input, classes, hw, mode, self.allow_missing)
-                    .with_context(|| format!("loading --weights for model `{}`", self.model))?
+                load(
+                    self.model,
+                    path,
+                    input,
+                    classes,
+                    hw,
+                    mode,
+                    self.allow_missing,
+                )
+                .with_context(|| format!("loading --weights for model `{}`", self.model))?
             }
             None => build(self.model, input, classes, hw, mode, seed)?,
         })
