@@ -6,42 +6,15 @@
 //!
 //! `f_n(s) = E[min(X, n)] = Σ_{k=0}^{n−1} P(X > k)`, `f_n′(s) = P(X ≤ n − 1)`.
 //!
-//! Evaluated in f64 through the Poisson tail probabilities, summing the tail series
-//! directly when it is small (no cancellation for small s) and `1 − CDF` otherwise, so
-//! the result is accurate for tiny and huge s alike (`f_n(s) → n`, `f_n′(s) → 0`).
+//! Evaluated in f64 from the closed form `n − e^{−s} Σ_{i<n} (n − i) s^i / i!`, and
+//! for tiny s (where that would cancel) from the tail series `s − E[(X − n)⁺]`, so
+//! the result is accurate for tiny and huge s alike (`f_n(s) → n`, `f_n′(s) → 0`)
+//! at the cost of one `exp` and n multiply-adds.
 //! For s ≤ 0 (outside the split-unipolar domain) `f_n` continues linearly: `f_n(s) = s`,
 //! `f_n′(s) = 1`, the function's value and slope at 0.
 
-/// Terms `e^{−s} s^i / i!` for i in 0..=k, computed iteratively.
-fn poisson_pmf_upto(s: f64, k: usize) -> impl Iterator<Item = f64> {
-    let mut term = (-s).exp();
-    (0..=k).map(move |i| {
-        if i > 0 {
-            term *= s / i as f64;
-        }
-        term
-    })
-}
-
-/// `P(X > k)` for `X ~ Poisson(s)`, s > 0.
-fn poisson_upper_tail(s: f64, k: usize) -> f64 {
-    if s < (k + 1) as f64 {
-        // Tail series: e^{−s} Σ_{i>k} s^i/i!; terms shrink by s/i < 1 from the start.
-        let mut term = poisson_pmf_upto(s, k).last().unwrap_or(0.0);
-        let mut sum = 0.0;
-        let mut i = k + 1;
-        loop {
-            term *= s / i as f64;
-            sum += term;
-            if term <= sum * 1e-17 || i > k + 1000 {
-                return sum;
-            }
-            i += 1;
-        }
-    } else {
-        (1.0 - poisson_pmf_upto(s, k).sum::<f64>()).max(0.0)
-    }
-}
+/// Below this `s`, [`or_n`] uses its tail series (the closed form would cancel).
+const SMALL_S: f64 = 1e-3;
 
 /// `f_n(s)`: expected per-cycle output of OR-n at dot product `s` (n ≥ 1).
 pub fn or_n(n: u32, s: f64) -> f64 {
@@ -51,10 +24,32 @@ pub fn or_n(n: u32, s: f64) -> f64 {
     if s <= 0.0 {
         return s;
     }
-    (0..n as usize).map(|k| poisson_upper_tail(s, k)).sum()
+    if s < SMALL_S {
+        // f_n(s) = s − E[(X − n)⁺] = s − e^{−s} Σ_{k>n} (k − n) s^k / k!; the terms
+        // shrink by s/k < 1e-3, so four of them reach f64 precision.
+        let mut term = (-s).exp() * (1..=n).fold(1.0, |t, i| t * s / f64::from(i));
+        let mut excess = 0.0;
+        for k in n + 1..=n + 4 {
+            term *= s / f64::from(k);
+            excess += f64::from(k - n) * term;
+        }
+        return s - excess;
+    }
+    // Closed form (spec §5.1): n − Σ_{i<n} (n − i) e^{−s} s^i / i!, the Poisson
+    // terms built up from e^{−s} so that huge s underflows to 0 instead of overflowing.
+    let mut term = (-s).exp();
+    let mut sum = 0.0;
+    for i in 0..n {
+        if i > 0 {
+            term *= s / f64::from(i);
+        }
+        sum += f64::from(n - i) * term;
+    }
+    (f64::from(n) - sum).max(0.0)
 }
 
-/// `f_n′(s) = P(Poisson(s) ≤ n − 1)`, the derivative of [`or_n`].
+/// `f_n′(s) = P(Poisson(s) ≤ n − 1) = e^{−s} Σ_{i<n} s^i / i!`, the derivative of
+/// [`or_n`] (a sum of positive terms: no cancellation anywhere).
 pub fn or_n_derivative(n: u32, s: f64) -> f64 {
     if s.is_nan() || s == f64::INFINITY {
         return if s.is_nan() { s } else { 0.0 };
@@ -62,12 +57,13 @@ pub fn or_n_derivative(n: u32, s: f64) -> f64 {
     if s <= 0.0 {
         return 1.0;
     }
-    let k = n as usize - 1;
-    if s < (k + 1) as f64 {
-        1.0 - poisson_upper_tail(s, k)
-    } else {
-        poisson_pmf_upto(s, k).sum()
+    let mut term = (-s).exp();
+    let mut sum = term;
+    for i in 1..n {
+        term *= s / f64::from(i);
+        sum += term;
     }
+    sum.min(1.0)
 }
 
 #[cfg(test)]
