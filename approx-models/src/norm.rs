@@ -288,40 +288,115 @@ mod tests {
     use candle_core::Device;
 
     /// Batch norm from candle's own ops, the obviously-correct reference.
-    fn reference(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: Option<(&Tensor, &Tensor)>) -> Tensor {
+    fn reference(
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        stats: Option<(&Tensor, &Tensor)>,
+    ) -> Tensor {
         let c = x.dim(1).unwrap();
         let shape = (1, c, 1, 1);
         let (mean, var) = match stats {
             Some((m, v)) => (m.reshape(shape).unwrap(), v.reshape(shape).unwrap()),
             None => {
-                let mean = x.mean_keepdim(3).unwrap().mean_keepdim(2).unwrap().mean_keepdim(0).unwrap();
-                let var = x.broadcast_sub(&mean).unwrap().sqr().unwrap().mean_keepdim(3).unwrap().mean_keepdim(2).unwrap().mean_keepdim(0).unwrap();
+                let mean = x
+                    .mean_keepdim(3)
+                    .unwrap()
+                    .mean_keepdim(2)
+                    .unwrap()
+                    .mean_keepdim(0)
+                    .unwrap();
+                let var = x
+                    .broadcast_sub(&mean)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .mean_keepdim(3)
+                    .unwrap()
+                    .mean_keepdim(2)
+                    .unwrap()
+                    .mean_keepdim(0)
+                    .unwrap();
                 (mean, var)
             }
         };
-        let xhat = x.broadcast_sub(&mean).unwrap().broadcast_div(&(var + EPS).unwrap().sqrt().unwrap()).unwrap();
-        xhat.broadcast_mul(&gamma.reshape(shape).unwrap()).unwrap().broadcast_add(&beta.reshape(shape).unwrap()).unwrap()
+        let xhat = x
+            .broadcast_sub(&mean)
+            .unwrap()
+            .broadcast_div(&(var + EPS).unwrap().sqrt().unwrap())
+            .unwrap();
+        xhat.broadcast_mul(&gamma.reshape(shape).unwrap())
+            .unwrap()
+            .broadcast_add(&beta.reshape(shape).unwrap())
+            .unwrap()
     }
 
     #[test]
     fn fused_batch_norm_matches_candle_ops_in_value_and_gradient() {
         let mut store = ParamStore::fresh(1);
         let bn = BatchNorm::new(&mut store, "bn", 3, false);
-        bn.weight.set(&Tensor::new(&[1.5f32, -0.5, 2.0], &Device::Cpu).unwrap()).unwrap();
-        bn.bias.set(&Tensor::new(&[0.1f32, 0.2, -0.3], &Device::Cpu).unwrap()).unwrap();
-        let xv: Vec<f32> = (0..2 * 3 * 4 * 5).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
+        bn.weight
+            .set(&Tensor::new(&[1.5f32, -0.5, 2.0], &Device::Cpu).unwrap())
+            .unwrap();
+        bn.bias
+            .set(&Tensor::new(&[0.1f32, 0.2, -0.3], &Device::Cpu).unwrap())
+            .unwrap();
+        let xv: Vec<f32> = (0..2 * 3 * 4 * 5)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
         let x = Var::from_vec(xv, (2, 3, 4, 5), &Device::Cpu).unwrap();
-        let probe = Tensor::from_vec((0..120).map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0).collect::<Vec<_>>(), (2, 3, 4, 5), &Device::Cpu).unwrap();
+        let probe = Tensor::from_vec(
+            (0..120)
+                .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0)
+                .collect::<Vec<_>>(),
+            (2, 3, 4, 5),
+            &Device::Cpu,
+        )
+        .unwrap();
         for train in [true, false] {
-            let stats = (!train).then(|| (bn.running_mean.as_tensor().clone(), bn.running_var.as_tensor().clone()));
+            let stats = (!train).then(|| {
+                (
+                    bn.running_mean.as_tensor().clone(),
+                    bn.running_var.as_tensor().clone(),
+                )
+            });
             let ours = bn.forward(&x, train).unwrap();
-            let theirs = reference(&x, &bn.weight, &bn.bias, stats.as_ref().map(|(m, v)| (m, v)));
-            let diff = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let theirs = reference(
+                &x,
+                &bn.weight,
+                &bn.bias,
+                stats.as_ref().map(|(m, v)| (m, v)),
+            );
+            let diff = (&ours - &theirs)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 1e-5, "train={train}: value differs by {diff}");
-            let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g1 = (ours * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (theirs * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             for v in [&x, &bn.weight, &bn.bias] {
-                let d = (g1.get(v).unwrap() - g2.get(v).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let d = (g1.get(v).unwrap() - g2.get(v).unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
                 assert!(d < 1e-4, "train={train}: gradient differs by {d}");
             }
         }

@@ -47,6 +47,7 @@ enum Pending {
 pub struct Builder {
     store: ParamStore,
     steps: Vec<Pending>,
+    init_scale: f32,
 }
 
 impl Builder {
@@ -55,7 +56,16 @@ impl Builder {
         Self {
             store,
             steps: Vec::new(),
+            init_scale: 1.0,
         }
+    }
+
+    /// Multiplies the initialisation range of the layers added after this call (REX-SC
+    /// initialises TinyConv and VGG-11 ×4, so that weights start well above SC's
+    /// 1/B resolution).
+    pub fn init_scale(&mut self, scale: f32) -> &mut Self {
+        self.init_scale = scale;
+        self
     }
 
     /// A conv2d layer `name`: `in_ch → out_ch`, square `kernel`, `stride`, `padding`,
@@ -90,7 +100,7 @@ impl Builder {
 
     /// A linear layer `name`: `in_f → out_f`, with or without bias.
     pub fn linear(&mut self, name: &str, (in_f, out_f): (usize, usize), bias: bool) -> &mut Self {
-        let bound = 1.0 / (in_f as f32).sqrt();
+        let bound = self.init_scale / (in_f as f32).sqrt();
         let weight = self.store.param(
             &format!("{name}.weight"),
             &[out_f, in_f],

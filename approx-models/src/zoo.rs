@@ -11,7 +11,7 @@ pub enum ModelKind {
     /// REX-SC's TinyConv (`specs/sc-rexsc.md` §8.1): three 5x5 convs (32, 32, 64
     /// filters, no bias) each followed by batch norm, ReLU, 2x2 average pooling and
     /// Hardtanh(0, 1), then a conv over the remaining map as the classifier and a
-    /// 1-d batch norm. For 3x32x32 and 1x28x28 inputs.
+    /// 1-d batch norm. For 3x32x32 and 1x28x28 inputs. Initialised ×4 as REX-SC does.
     TinyConv,
     /// LeNet-5: conv 6 5x5 (pad 2) → ReLU → max pool → conv 16 5x5 → ReLU → max pool →
     /// linear 120 → ReLU → linear 84 → ReLU → linear to the classes.
@@ -44,6 +44,7 @@ impl ModelKind {
     ) {
         match self {
             ModelKind::TinyConv => {
+                b.init_scale(4.0);
                 let mut ch = c;
                 for (i, out) in [32, 32, 64].into_iter().enumerate() {
                     let n = i + 1;

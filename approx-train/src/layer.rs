@@ -12,7 +12,7 @@ use candle_core::{Device, Result, Tensor, Var};
 
 use crate::calibration::{Binning, Calibration};
 use crate::mode::ExecMode;
-use crate::ste::{straight_through, Quantizer};
+use crate::ste::{straight_through, Quantizer, StreamQuantizer};
 use crate::surrogate::{Injection, Surrogate};
 
 /// Fraction bits of REX-SC's input and weight quantizer in front of SC layers.
@@ -183,17 +183,25 @@ impl HwLayer {
         }
     }
 
-    /// The operands as the hardware sees them: SC quantizes input and weight to the
-    /// 1/128 grid with straight-through gradients (REX-SC §1.2 step A).
+    /// The operands as the hardware sees them, with straight-through gradients. SC:
+    /// REX-SC's 1/128 grid (§1.2 step A), then the stream quantization to 1/B levels
+    /// (step C), so that the surrogate's partial sums are those of the values the
+    /// streams encode (REX-SC's surrogate skips step C, which leaves weights below
+    /// 1/B, e.g. a fresh TinyConv's, far off what the hardware computes).
     fn operands(&self, x: &Tensor, mode: ExecMode) -> Result<(Tensor, Tensor)> {
         let w = self.weight.as_tensor().clone();
-        if mode == ExecMode::Float || !matches!(self.hw, HwSpec::Sc(_)) {
+        let HwSpec::Sc(spec) = &self.hw else {
+            return Ok((x.clone(), w));
+        };
+        if mode == ExecMode::Float {
             return Ok((x.clone(), w));
         }
         let q = Quantizer {
             bits: SC_QUANT_BITS,
         };
-        Ok((q.apply(x)?, q.apply(&w)?))
+        let len = spec.stream_len() as u32;
+        let stream = |t: &Tensor, signed: bool| StreamQuantizer { len, signed }.apply(&q.apply(t)?);
+        Ok((stream(x, false)?, stream(&w, true)?))
     }
 
     /// The exact layer (no bias): the fast im2col + GEMM conv, or a matmul.

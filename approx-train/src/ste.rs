@@ -42,6 +42,53 @@ impl CustomOp1 for Quantizer {
     }
 }
 
+/// SC's stream quantization (`specs/sc-rexsc.md` §1.2 step C) with an identity
+/// gradient: `ceil(clamp(v·B, 0, B − 1)) / B` for activations (negative values become
+/// 0, as the hardware sees them) and the same on the magnitude, sign kept, for
+/// weights. Values already on the 1/B grid pass unchanged, so the bit-accurate kernel
+/// sees exactly what the surrogate sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamQuantizer {
+    /// Stream length B.
+    pub len: u32,
+    /// Weights (sign kept) rather than activations.
+    pub signed: bool,
+}
+
+impl StreamQuantizer {
+    /// Quantizes `x` (f32), passing gradients straight through.
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        x.apply_op1(self)
+    }
+}
+
+impl CustomOp1 for StreamQuantizer {
+    fn name(&self) -> &'static str {
+        "ste-stream-quantize"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            return Err(candle_core::Error::Msg(format!(
+                "stream quantize takes f32, got {:?}",
+                storage.dtype()
+            )));
+        };
+        let b = self.len as f32;
+        let level = move |m: f32| (m * b).clamp(0.0, b - 1.0).ceil() / b;
+        let out = if self.signed {
+            candle_core::cpu_backend::unary_map(data, layout, |v| level(v.abs()).copysign(v))
+        } else {
+            candle_core::cpu_backend::unary_map(data, layout, level)
+        };
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.clone()))
+    }
+}
+
 /// `accurate` mode's output: the forward value of `hardware` (bit-accurate, exactly),
 /// the gradient of `surrogate`.
 pub fn straight_through(surrogate: &Tensor, hardware: &Tensor) -> Result<Tensor> {

@@ -6,6 +6,7 @@ use approx_hw::{Conv2dParams, HwSpec, Layer};
 use approx_train::calibration::Calibration;
 use approx_train::layer::HwLayer;
 use approx_train::mode::ExecMode;
+use approx_train::surrogate::{Injection, Surrogate};
 use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -118,9 +119,15 @@ fn accurate_mode_takes_the_hardware_value_and_the_approx_fn_gradient() {
         // plus the bias.
         let spec: HwSpec = hw.parse().unwrap();
         let (xq, wq) = match spec {
-            HwSpec::Sc(_) => {
+            HwSpec::Sc(sc) => {
                 let q = approx_train::ste::Quantizer { bits: 7 };
-                (q.apply(&x).unwrap(), q.apply(layer.weight()).unwrap())
+                let len = sc.stream_len() as u32;
+                let stream = |t: &Tensor, signed| {
+                    approx_train::ste::StreamQuantizer { len, signed }
+                        .apply(&q.apply(t).unwrap())
+                        .unwrap()
+                };
+                (stream(&x, false), stream(layer.weight(), true))
             }
             _ => (x.as_tensor().clone(), layer.weight().as_tensor().clone()),
         };
@@ -199,11 +206,15 @@ fn binned(reference: &[f32], value: &[f32]) -> Vec<(usize, f64, f64)> {
 fn injected_error_matches_the_bit_accurate_residual_on_an_sc_layer() {
     // TinyConv's conv2 shape at batch 16: 32→32, 5x5, padding 2, on 16x16 inputs.
     let spec: HwSpec = "sc:len=32,acc=or2".parse().unwrap();
-    let weight = Var::from_tensor(&tensor(&[32, 32, 5, 5], 11, -0.08, 0.08)).unwrap();
+    let HwSpec::Sc(sc) = spec.clone() else {
+        unreachable!()
+    };
+    let params = Conv2dParams::new(1, 2);
+    let weight = Var::from_tensor(&tensor(&[32, 32, 5, 5], 11, -0.15, 0.15)).unwrap();
     let layer = HwLayer::new(
         "conv2",
-        Layer::Conv2d(Conv2dParams::new(1, 2)),
-        weight,
+        Layer::Conv2d(params),
+        weight.clone(),
         None,
         spec,
         ExecMode::Inject,
@@ -221,34 +232,59 @@ fn injected_error_matches_the_bit_accurate_residual_on_an_sc_layer() {
         .collect();
     let x = Tensor::from_vec(x, (16, 32, 16, 16), &Device::Cpu).unwrap();
     layer.request_calibration();
-    let injected = layer
-        .forward(&x)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    assert!(layer.calibration().is_some());
-    layer.set_mode(ExecMode::ApproxFn);
-    let approx = layer
-        .forward(&x)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    layer.set_mode(ExecMode::Accurate);
-    let bit = layer
-        .forward(&x)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    layer.forward(&x).unwrap();
+    let calibration = layer.calibration().expect("calibrated");
+    // The injection units as the layer sees them: P/B and N/B (bit-accurate) against
+    // f_2(s±) of the quantized operands (approximate), and the injected f_2(s±).
+    let q = approx_train::ste::Quantizer { bits: 7 };
+    let stream = |t: &Tensor, signed| {
+        approx_train::ste::StreamQuantizer { len: 32, signed }
+            .apply(&q.apply(t).unwrap())
+            .unwrap()
+    };
+    let (xq, wq) = (stream(&x, false), stream(&weight, true));
+    let counts = approx_hw::sc::conv2d_counts(&xq, &wq, &sc, params).unwrap();
+    let model = approx_hw::ErrorModel::OrN { n: 2 };
+    let mut bit = Vec::new();
+    let mut approx = Vec::new();
+    let mut injected = Vec::new();
+    for (unit, (w, c)) in [
+        (wq.relu().unwrap(), &counts.pos),
+        (wq.neg().unwrap().relu().unwrap(), &counts.neg),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let s = approx_train::conv::conv2d(&xq, &w, params).unwrap();
+        approx.extend(flat(
+            &Surrogate {
+                model,
+                injection: None,
+            }
+            .apply(&s)
+            .unwrap(),
+        ));
+        injected.extend(flat(
+            &Surrogate {
+                model,
+                injection: Some(Injection {
+                    calibration,
+                    seed: unit as u64,
+                }),
+            }
+            .apply(&s)
+            .unwrap(),
+        ));
+        bit.extend(
+            flat(&c.to_dtype(candle_core::DType::F32).unwrap())
+                .iter()
+                .map(|v| v / 32.0),
+        );
+    }
     let (want, got) = (binned(&approx, &bit), binned(&approx, &injected));
     let spread = want.iter().map(|b| b.2).fold(0f64, f64::max);
     for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-        if w.0 < 200 {
+        if w.0 < 500 {
             continue;
         }
         assert!(
@@ -264,4 +300,8 @@ fn injected_error_matches_the_bit_accurate_residual_on_an_sc_layer() {
             w.2
         );
     }
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
 }
