@@ -459,3 +459,171 @@ fn hw_inspect_reproduces_the_published_metrics() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--bins"));
 }
+
+/// A quick fine-tune: MLP, 256 training and 128 test images of the embedded data.
+fn quick_finetune(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "finetune",
+        "--model",
+        "mlp",
+        "--train-images",
+        "256",
+        "--test-images",
+        "128",
+        "--pretrain-epochs",
+        "1",
+        "--epochs",
+        "2",
+        "--schedule",
+        "inject:1,accurate:1",
+        "--batch",
+        "32",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    approx(&args)
+}
+
+#[test]
+fn finetune_writes_model_and_report_and_eval_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let json = dir.path().join("report-copy.json");
+    let o = quick_finetune(&out, &["--json", json.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("hardware accuracy after"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    for key in [
+        "float_accuracy",
+        "hw_accuracy_before",
+        "hw_accuracy_after",
+        "wall_seconds",
+    ] {
+        let v = report[key].as_f64().unwrap();
+        assert!(
+            v >= 0.0 && (key == "wall_seconds" || v <= 1.0),
+            "{key} = {v}"
+        );
+    }
+    assert_eq!(report["model"], "mlp");
+    assert_eq!(report["hw"], "sc:len=32,acc=or2,gen=lfsr-xnor");
+    assert_eq!(report["finetune"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        std::fs::read(&json).unwrap(),
+        std::fs::read(out.join("report.json")).unwrap()
+    );
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 1 + 2, "{csv}");
+    let model = out.join("model.safetensors");
+    let (_, meta) = {
+        let bytes = std::fs::read(&model).unwrap();
+        let (n, m) = SafeTensors::read_metadata(&bytes).unwrap();
+        (n, m.metadata().clone().unwrap())
+    };
+    assert_eq!(meta["approx.model"], "mlp");
+    assert_eq!(meta["approx.hw"], "sc:len=32,acc=or2,gen=lfsr-xnor");
+    // eval on the recorded hardware reproduces the report's final accuracy.
+    let o = approx(&[
+        "eval",
+        "--model",
+        "mlp",
+        "--weights",
+        model.to_str().unwrap(),
+        "--test-images",
+        "128",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line = String::from_utf8_lossy(&o.stdout).to_string();
+    let after = report["hw_accuracy_after"].as_f64().unwrap();
+    assert!(
+        line.contains(&format!("{:.2} %", 100.0 * after)),
+        "{line} vs {after}"
+    );
+}
+
+#[test]
+fn finetune_and_eval_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--hw", "sc:len=7"], "bad --hw `sc:len=7`"),
+        (
+            vec!["--weights", "/nonexistent/w.safetensors"],
+            "/nonexistent/w.safetensors",
+        ),
+        (vec!["--data", "mnist:/nonexistent"], "/nonexistent"),
+    ];
+    for (extra, needle) in cases {
+        let o = quick_finetune(&out, &extra);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{extra:?}: expected `{needle}` in {stderr}"
+        );
+    }
+    let o = approx(&["finetune", "--schedule", "inject:0.5", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "a bad --schedule is a usage error");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("sum to 0.5"));
+    // Wrong model/weights pairing: MLP weights into LeNet-5.
+    let mlp = dir.path().join("mlp.safetensors");
+    let o = quick_finetune(&dir.path().join("a"), &["--max-steps", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = approx(&[
+        "finetune",
+        "--model",
+        "mlp",
+        "--train-images",
+        "64",
+        "--test-images",
+        "32",
+        "--pretrain-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--schedule",
+        "accurate:1",
+        "--out",
+        dir.path().join("b").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::copy(dir.path().join("b/model.safetensors"), &mlp).unwrap();
+    let o = approx(&[
+        "eval",
+        "--model",
+        "lenet5",
+        "--weights",
+        mlp.to_str().unwrap(),
+        "--test-images",
+        "8",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("missing tensor `conv1.weight`") && stderr.contains("`fc1.weight` has shape [256, 784]"),
+        "{stderr}"
+    );
+    // An output folder that cannot be created or written.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let o = quick_finetune(&blocker.join("sub"), &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot create output folder"), "{stderr}");
+}
+
+#[test]
+fn finetune_stops_at_max_steps_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = quick_finetune(&out, &["--max-steps", "5"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("stopped after --max-steps 5"));
+    assert!(out.join("pretrain-checkpoint.safetensors").is_file());
+    let o = quick_finetune(&out, &["--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("model.safetensors").is_file());
+}

@@ -113,3 +113,40 @@ impl DataSource {
         sets.with_context(|| format!("loading --data {self}"))
     }
 }
+
+/// Data options shared by the training and evaluation commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataArgs {
+    #[arg(long, default_value = "fashion-mnist-subset", help = DATA_HELP)]
+    pub data: DataSource,
+    /// Use only the first N training images (e.g. for a quick trial).
+    #[arg(long)]
+    pub train_images: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    pub test_images: Option<usize>,
+}
+
+impl DataArgs {
+    /// The training and test sets, cut to the requested sizes.
+    pub fn load(&self) -> Result<(Dataset, Dataset)> {
+        let (mut train, mut test) = self.data.load()?;
+        if let Some(n) = self.train_images {
+            train = train.take(n);
+        }
+        if let Some(n) = self.test_images {
+            test = test.take(n);
+        }
+        if train.is_empty() || test.is_empty() {
+            bail!("--data {}: no images left to train or test on", self.data);
+        }
+        tracing::info!(
+            "data {}: {} training, {} test images of {:?}",
+            self.data,
+            train.len(),
+            test.len(),
+            train.shape
+        );
+        Ok((train, test))
+    }
+}

@@ -18,7 +18,7 @@ use approx_train::schedule::{LrSchedule, Phases};
 use approx_train::trainer::{evaluate, on_large_stack, train, EpochRecord, Event, TrainConfig};
 use serde::Serialize;
 
-use super::data::{DataSource, DATA_HELP};
+use super::data::DataArgs;
 use super::model_args::ModelArgs;
 use approx_train::io::write_atomic;
 
@@ -33,8 +33,8 @@ pub static STOP: AtomicBool = AtomicBool::new(false);
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    #[arg(long, default_value = "fashion-mnist-subset", help = DATA_HELP)]
-    data: DataSource,
+    #[command(flatten)]
+    data: DataArgs,
     /// Fine-tuning epochs.
     #[arg(long, default_value_t = 3)]
     epochs: usize,
@@ -107,13 +107,6 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("output folder `{}` is not writable", args.out.display()))?;
     let _ = std::fs::remove_file(&probe);
     let (train_set, test_set) = args.data.load()?;
-    tracing::info!(
-        "data {}: {} training, {} test images of {:?}",
-        args.data,
-        train_set.len(),
-        test_set.len(),
-        train_set.shape
-    );
     on_large_stack(|| job(&args, &hw, &train_set, &test_set, started))
 }
 
@@ -260,7 +253,7 @@ fn job(
     let report = Report {
         model: args.model.model.to_string(),
         hw: hw.to_string(),
-        data: args.data.to_string(),
+        data: args.data.data.to_string(),
         schedule: args.schedule.to_string(),
         seed: args.seed,
         epochs: args.epochs,

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod eval;
 pub mod finetune;
 pub mod hw;
 pub mod model_args;
