@@ -565,8 +565,18 @@ fn finetune_and_eval_errors_are_clear() {
             "{extra:?}: expected `{needle}` in {stderr}"
         );
     }
-    let o = approx(&["finetune", "--schedule", "inject:0.5", "--out", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "a bad --schedule is a usage error");
+    let o = approx(&[
+        "finetune",
+        "--schedule",
+        "inject:0.5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a bad --schedule is a usage error"
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("sum to 0.5"));
     // Wrong model/weights pairing: MLP weights into LeNet-5.
     let mlp = dir.path().join("mlp.safetensors");
@@ -603,7 +613,8 @@ fn finetune_and_eval_errors_are_clear() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("missing tensor `conv1.weight`") && stderr.contains("`fc1.weight` has shape [256, 784]"),
+        stderr.contains("missing tensor `conv1.weight`")
+            && stderr.contains("`fc1.weight` has shape [256, 784]"),
         "{stderr}"
     );
     // An output folder that cannot be created or written.
