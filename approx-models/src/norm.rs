@@ -1,10 +1,10 @@
 //! Batch normalisation with PyTorch's names and semantics, and REX-SC's quantized
 //! variant (`specs/sc-rexsc.md` §1.5).
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 
 use crate::store::{Init, ParamStore};
+use approx_train::storage::f32_values;
 
 /// PyTorch's default batch-norm momentum and epsilon.
 const MOMENTUM: f64 = 0.1;
@@ -137,19 +137,6 @@ struct BatchNormOp {
     quantized: Option<(Vec<f32>, Vec<f32>)>,
 }
 
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<std::borrow::Cow<'a, [f32]>> {
-    let CpuStorage::F32(d) = s else {
-        return Err(candle_core::Error::Msg(format!(
-            "batch norm takes f32 {what}, got {:?}",
-            s.dtype()
-        )));
-    };
-    Ok(match l.contiguous_offsets() {
-        Some((a, b)) => std::borrow::Cow::Borrowed(&d[a..b]),
-        None => std::borrow::Cow::Owned(candle_core::cpu_backend::unary_map(d, l, |v| v)),
-    })
-}
-
 impl CustomOp3 for BatchNormOp {
     fn name(&self) -> &'static str {
         "batch-norm"
@@ -164,8 +151,11 @@ impl CustomOp3 for BatchNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32s(s1, l1, "input")?;
-        let (gamma, beta) = (f32s(s2, l2, "weight")?, f32s(s3, l3, "bias")?);
+        let x = f32_values(s1, l1, "batch norm")?;
+        let (gamma, beta) = (
+            f32_values(s2, l2, "batch norm")?,
+            f32_values(s3, l3, "batch norm")?,
+        );
         let dims = l1.dims();
         let (c, inner) = (dims[1], dims[2..].iter().product::<usize>());
         let mut y = vec![0f32; x.len()];

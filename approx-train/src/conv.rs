@@ -5,9 +5,10 @@
 
 use approx_hw::im2col::{col2im_image, im2col};
 use approx_hw::{Conv2dParams, ConvGeometry};
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::storage::f32_values;
 
 /// `conv2d(input, weight)` (NCHW, OIHW, f32, no bias) through im2col + GEMM, with
 /// backward. Matches candle's `Tensor::conv2d` within float rounding.
@@ -23,20 +24,6 @@ struct FastConv2d {
 
 fn geometry(input: &[usize], weight: &[usize], params: Conv2dParams) -> Result<ConvGeometry> {
     ConvGeometry::conv2d(input, weight, params).map_err(|e| candle_core::Error::Msg(e.to_string()))
-}
-
-/// The dense f32 data behind a storage and layout (copied when not contiguous).
-fn dense(storage: &CpuStorage, layout: &Layout) -> Result<Vec<f32>> {
-    let CpuStorage::F32(data) = storage else {
-        return Err(candle_core::Error::Msg(format!(
-            "fast conv2d takes f32, got {:?}",
-            storage.dtype()
-        )));
-    };
-    Ok(match layout.contiguous_offsets() {
-        Some((a, b)) => data[a..b].to_vec(),
-        None => candle_core::cpu_backend::unary_map(data, layout, |v| v),
-    })
 }
 
 /// `C = A · B` for row-major `A` (m x k) and `B` (k x n) into row-major `C` (m x n),
@@ -176,7 +163,11 @@ impl CustomOp2 for FastConv2d {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let geo = geometry(l1.dims(), l2.dims(), self.params)?;
-        let out = forward(&geo, &dense(s1, l1)?, &dense(s2, l2)?);
+        let out = forward(
+            &geo,
+            &f32_values(s1, l1, "fast conv2d")?,
+            &f32_values(s2, l2, "fast conv2d")?,
+        );
         Ok((CpuStorage::F32(out), Shape::from(geo.out_shape().to_vec())))
     }
 

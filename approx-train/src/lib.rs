@@ -13,5 +13,6 @@ pub mod optim;
 pub mod recompute;
 pub mod schedule;
 pub mod ste;
+pub mod storage;
 pub mod surrogate;
 pub mod trainer;

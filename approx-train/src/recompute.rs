@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::backend::BackendStorage;
+use crate::storage::f32_values;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor, Var};
 
@@ -71,18 +71,9 @@ impl CustomOp1 for Checkpoint {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            return Err(candle_core::Error::Msg(format!(
-                "checkpointed blocks take f32, got {:?}",
-                storage.dtype()
-            )));
-        };
         // A graph-free copy: the block's intermediate tensors die with this call.
-        let x = Tensor::from_vec(
-            candle_core::cpu_backend::unary_map(data, layout, |v| v),
-            layout.shape(),
-            &Device::Cpu,
-        )?;
+        let data = f32_values(storage, layout, "a checkpointed block")?.into_owned();
+        let x = Tensor::from_vec(data, layout.shape(), &Device::Cpu)?;
         let y = (self.block)(&x)?.detach();
         let shape = y.shape().clone();
         Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))

@@ -1,6 +1,8 @@
 //! Straight-through ops: a value computed one way, a gradient taken from another.
 
 use candle_core::backend::BackendStorage;
+
+use crate::storage::f32_values;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// REX-SC's activation and weight quantizer (`specs/sc-rexsc.md` §1.2 step A):
@@ -117,16 +119,8 @@ impl CustomOp2 for StraightThrough {
                 l2.shape()
             )));
         }
-        let CpuStorage::F32(data) = s2 else {
-            return Err(candle_core::Error::Msg(format!(
-                "straight-through takes f32, got {:?}",
-                s2.dtype()
-            )));
-        };
-        Ok((
-            CpuStorage::F32(candle_core::cpu_backend::unary_map(data, l2, |v| v)),
-            l2.shape().clone(),
-        ))
+        let data = f32_values(s2, l2, "straight-through")?.into_owned();
+        Ok((CpuStorage::F32(data), l2.shape().clone()))
     }
 
     fn bwd(

@@ -3,13 +3,13 @@
 //! keeps only its input `s` for backward (everything else is recomputed from it).
 
 use approx_hw::ErrorModel;
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use crate::calibration::Calibration;
+use crate::storage::f32_values;
 
 /// Calibrated error to inject, with the seed of this forward's noise.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,26 +38,13 @@ impl Surrogate {
     }
 }
 
-fn f32_data(storage: &CpuStorage, layout: &Layout) -> Result<Vec<f32>> {
-    let CpuStorage::F32(data) = storage else {
-        return Err(candle_core::Error::Msg(format!(
-            "the surrogate takes f32, got {:?}",
-            storage.dtype()
-        )));
-    };
-    Ok(match layout.contiguous_offsets() {
-        Some((a, b)) => data[a..b].to_vec(),
-        None => candle_core::cpu_backend::unary_map(data, layout, |v| v),
-    })
-}
-
 impl CustomOp1 for Surrogate {
     fn name(&self) -> &'static str {
         "surrogate"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let s = f32_data(storage, layout)?;
+        let s = f32_values(storage, layout, "the surrogate")?;
         let model = self.model;
         let out: Vec<f32> = match self.injection {
             None => s
