@@ -34,3 +34,14 @@ pub enum HwError {
 
 /// Result with [`HwError`].
 pub type Result<T> = std::result::Result<T, HwError>;
+
+/// Inside a candle op, a hardware error becomes a candle error (its own, unwrapped,
+/// or the message).
+impl From<HwError> for candle_core::Error {
+    fn from(e: HwError) -> Self {
+        match e {
+            HwError::Candle(e) => e,
+            other => candle_core::Error::Msg(other.to_string()),
+        }
+    }
+}

@@ -133,9 +133,6 @@ impl<K: DenseKernel> CustomOp2 for DenseOp<'_, K> {
             let out = self.0.run(&geo, input, weight)?;
             Ok((CpuStorage::F32(out), Shape::from(layer.out_shape(&geo))))
         };
-        run().map_err(|e| match e {
-            HwError::Candle(e) => e,
-            other => candle_core::Error::Msg(other.to_string()),
-        })
+        run().map_err(candle_core::Error::from)
     }
 }

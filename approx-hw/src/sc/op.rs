@@ -133,10 +133,7 @@ impl CustomOp2 for ScOp {
                 s2.dtype()
             )));
         };
-        self.run(a, l1, w, l2).map_err(|e| match e {
-            HwError::Candle(e) => e,
-            other => candle_core::Error::Msg(other.to_string()),
-        })
+        self.run(a, l1, w, l2).map_err(candle_core::Error::from)
     }
 }
 
