@@ -6,6 +6,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use super::kernel::{conv_counts, Isa, Strided4};
 use super::spec::ScSpec;
 use crate::geometry::{Conv2dParams, ConvGeometry};
+use crate::layer::check_f32;
 use crate::{HwError, Result};
 
 /// Which layer an [`ScOp`] computes.
@@ -135,16 +136,6 @@ impl CustomOp2 for ScOp {
         };
         self.run(a, l1, w, l2).map_err(candle_core::Error::from)
     }
-}
-
-fn check_f32(what: &str, t: &Tensor) -> Result<()> {
-    if t.dtype() != candle_core::DType::F32 {
-        return Err(HwError::DType(format!(
-            "{what} must be f32, got {:?}",
-            t.dtype()
-        )));
-    }
-    Ok(())
 }
 
 fn apply(op: ScOp, input: &Tensor, weight: &Tensor) -> Result<Tensor> {
