@@ -7,7 +7,7 @@ use super::kernel::{conv_counts, Isa, Strided4};
 use super::spec::ScSpec;
 use crate::geometry::{Conv2dParams, ConvGeometry};
 use crate::layer::check_f32;
-use crate::{HwError, Result};
+use crate::Result;
 
 /// Which layer an [`ScOp`] computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
