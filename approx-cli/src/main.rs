@@ -31,6 +31,8 @@ enum Command {
     /// measure it on the hardware, fine-tune with error injection then bit-accurate
     /// epochs, and report. With no arguments: TinyConv on embedded Fashion-MNIST, SC.
     Finetune(cmd::finetune::Args),
+    /// Train a float model (the starting point of a fine-tune).
+    Pretrain(cmd::pretrain::Args),
     /// Accuracy of a model on one or more hardware specs (bit-accurate by default).
     Eval(cmd::eval::Args),
     /// Run one layer on one hardware model, for cross-checking against other simulators.
@@ -64,6 +66,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Finetune(args) => cmd::finetune::run(args),
         Command::Eval(args) => cmd::eval::run(args),
+        Command::Pretrain(args) => cmd::pretrain::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Hw(args) => cmd::hw::run(args),
         Command::Bench(args) => cmd::bench::run(args),

@@ -638,3 +638,42 @@ fn finetune_stops_at_max_steps_and_resumes() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.join("model.safetensors").is_file());
 }
+
+#[test]
+fn pretrain_then_finetune_from_its_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("float.safetensors");
+    let json = dir.path().join("pretrain.json");
+    let o = approx(&[
+        "pretrain",
+        "--model",
+        "mlp",
+        "--train-images",
+        "256",
+        "--test-images",
+        "128",
+        "--epochs",
+        "1",
+        "--batch",
+        "32",
+        "--out",
+        weights.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let accuracy = record["float_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.3, "{record}");
+    let out = dir.path().join("run");
+    let o = quick_finetune(&out, &["--weights", weights.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        report["float_accuracy"].as_f64().unwrap(),
+        accuracy,
+        "finetune measures the loaded model"
+    );
+    assert_eq!(report["pretrain_epochs"], 0);
+}

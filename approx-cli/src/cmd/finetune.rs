@@ -110,11 +110,20 @@ pub fn run(args: Args) -> Result<()> {
     on_large_stack(|| job(&args, &hw, &train_set, &test_set, started))
 }
 
-fn config(args: &Args, epochs: usize, phases: Phases, lr: f64, checkpoint: PathBuf) -> TrainConfig {
+/// The training settings of the CLI's runs: Adam with weight decay 1e-4, cosine decay
+/// to 1 % of `lr`, label smoothing 0.1, gradient clipping at 5, checkpoints at
+/// `checkpoint`.
+pub(crate) fn train_config(
+    (batch, seed, max_steps): (usize, u64, Option<u64>),
+    epochs: usize,
+    phases: Phases,
+    lr: f64,
+    checkpoint: PathBuf,
+) -> TrainConfig {
     TrainConfig {
         epochs,
-        batch: args.batch,
-        seed: args.seed,
+        batch,
+        seed,
         phases,
         optimizer: OptimizerKind::Adam { weight_decay: 1e-4 },
         lr,
@@ -126,13 +135,13 @@ fn config(args: &Args, epochs: usize, phases: Phases, lr: f64, checkpoint: PathB
         calibrate_every: None,
         eval_mode: None,
         augment: Augment::default(),
-        max_steps: args.max_steps,
+        max_steps,
         checkpoint: Some(checkpoint),
     }
 }
 
 /// Prints epoch summaries as they finish.
-fn progress(phase: &'static str) -> impl FnMut(Event) {
+pub(crate) fn progress(phase: &'static str) -> impl FnMut(Event) {
     move |event| match event {
         Event::Epoch(r) => tracing::info!(
             "{phase} epoch {} ({}): loss {:.4}, train accuracy {:.2} %, {}{:.0} images/s",
@@ -193,8 +202,8 @@ fn job(
                 pretrained_path.display()
             );
         } else {
-            let cfg = config(
-                args,
+            let cfg = train_config(
+                (args.batch, args.seed, args.max_steps),
                 args.pretrain_epochs,
                 Phases::single(ExecMode::Float),
                 args.pretrain_lr,
@@ -227,8 +236,8 @@ fn job(
         100.0 * float_accuracy,
         100.0 * hw_accuracy_before
     );
-    let mut cfg = config(
-        args,
+    let mut cfg = train_config(
+        (args.batch, args.seed, args.max_steps),
         args.epochs,
         args.schedule.clone(),
         args.lr,

@@ -6,4 +6,5 @@ pub mod eval;
 pub mod finetune;
 pub mod hw;
 pub mod model_args;
+pub mod pretrain;
 pub mod simulate;
