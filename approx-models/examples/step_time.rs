@@ -17,14 +17,36 @@ use candle_core::{Device, Tensor};
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     on_large_stack(|| {
         let hw = HwMap::All("sc:len=64,acc=or2".parse()?);
-        let net = build(ModelKind::TinyConv, (3, 32, 32), 10, &hw, ExecMode::Float, 0)?;
+        let net = build(
+            ModelKind::TinyConv,
+            (3, 32, 32),
+            10,
+            &hw,
+            ExecMode::Float,
+            0,
+        )?;
         let n = 64 * 3 * 32 * 32;
-        let x = Tensor::from_vec((0..n).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect::<Vec<_>>(), (64, 3, 32, 32), &Device::Cpu)?;
-        let y = Tensor::from_vec((0..64u32).map(|i| i % 10).collect::<Vec<_>>(), 64, &Device::Cpu)?;
+        let x = Tensor::from_vec(
+            (0..n)
+                .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+                .collect::<Vec<_>>(),
+            (64, 3, 32, 32),
+            &Device::Cpu,
+        )?;
+        let y = Tensor::from_vec(
+            (0..64u32).map(|i| i % 10).collect::<Vec<_>>(),
+            64,
+            &Device::Cpu,
+        )?;
         let params = net.named_vars().into_iter().map(|(_, v)| v).collect();
         let mut opt = Optimizer::new(OptimizerKind::Adam { weight_decay: 1e-4 }, params, 1e-3)?;
         let mut float_ms = 0.0;
-        for mode in [ExecMode::Float, ExecMode::ApproxFn, ExecMode::Inject, ExecMode::Accurate] {
+        for mode in [
+            ExecMode::Float,
+            ExecMode::ApproxFn,
+            ExecMode::Inject,
+            ExecMode::Accurate,
+        ] {
             net.set_mode(mode);
             if mode == ExecMode::Inject {
                 for l in net.hw_layers() {
@@ -46,7 +68,12 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             if mode == ExecMode::Float {
                 float_ms = ms;
             }
-            println!("{:<10} {:>8.1} ms/step  {:>5.2}x float", mode.name(), ms, ms / float_ms);
+            println!(
+                "{:<10} {:>8.1} ms/step  {:>5.2}x float",
+                mode.name(),
+                ms,
+                ms / float_ms
+            );
         }
         Ok(())
     })
