@@ -13,8 +13,6 @@ use std::sync::atomic::AtomicBool;
 use approx_models::{load, save, HwMap, ModelKind};
 use approx_train::data::read_idx_pair;
 use approx_train::mode::ExecMode;
-use approx_train::optim::OptimizerKind;
-use approx_train::schedule::LrSchedule;
 use approx_train::trainer::{evaluate, on_large_stack, train, TrainConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -50,24 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "on {hw} before: {:.2} %",
             100.0 * evaluate(&model, &test_set, ExecMode::Accurate, 100)?
         );
-        let config = TrainConfig {
-            epochs: 3,
-            batch: 64,
-            seed: 0,
-            phases: "inject:2,accurate:1".parse()?,
-            optimizer: OptimizerKind::Adam { weight_decay: 1e-4 },
-            lr: 1e-3,
-            lr_schedule: LrSchedule::Cosine { end: 1e-5 },
-            tune_lr: None,
-            label_smoothing: 0.1,
-            clip_grad: Some(5.0),
-            weight_clamp: None,
-            calibrate_every: None,
-            eval_mode: None,
-            augment: Default::default(),
-            max_steps: None,
-            checkpoint: None,
-        };
+        let config = TrainConfig::recipe(64, 0, 3, "inject:2,accurate:1".parse()?, 1e-3);
         train(
             &model,
             &train_set,

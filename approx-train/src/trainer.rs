@@ -66,6 +66,30 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The toolkit's default recipe (what `approx finetune` and `approx pretrain` use):
+    /// Adam with weight decay 1e-4, cosine decay to 1 % of `lr`, label smoothing 0.1,
+    /// gradient clipping at 5, no augmentation, no evaluation, no checkpoint file.
+    pub fn recipe(batch: usize, seed: u64, epochs: usize, phases: Phases, lr: f64) -> Self {
+        Self {
+            epochs,
+            batch,
+            seed,
+            phases,
+            optimizer: OptimizerKind::Adam { weight_decay: 1e-4 },
+            lr,
+            lr_schedule: LrSchedule::Cosine { end: lr * 0.01 },
+            tune_lr: None,
+            label_smoothing: 0.1,
+            clip_grad: Some(5.0),
+            weight_clamp: None,
+            calibrate_every: None,
+            eval_mode: None,
+            augment: Augment::default(),
+            max_steps: None,
+            checkpoint: None,
+        }
+    }
+
     /// A short description of what must match for a checkpoint to resume this run.
     fn fingerprint(&self) -> String {
         format!(

@@ -10,11 +10,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use approx_models::{save, HwMap, Sequential};
-use approx_train::data::{Augment, Dataset};
+use approx_train::data::Dataset;
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
-use approx_train::optim::OptimizerKind;
-use approx_train::schedule::{LrSchedule, Phases};
+use approx_train::schedule::Phases;
 use approx_train::trainer::{evaluate, on_large_stack, train, EpochRecord, Event, TrainConfig};
 use serde::Serialize;
 
@@ -110,9 +109,7 @@ pub fn run(args: Args) -> Result<()> {
     on_large_stack(|| job(&args, &hw, &train_set, &test_set, started))
 }
 
-/// The training settings of the CLI's runs: Adam with weight decay 1e-4, cosine decay
-/// to 1 % of `lr`, label smoothing 0.1, gradient clipping at 5, checkpoints at
-/// `checkpoint`.
+/// [`TrainConfig::recipe`] with the run's step limit and checkpoint file.
 pub(crate) fn train_config(
     (batch, seed, max_steps): (usize, u64, Option<u64>),
     epochs: usize,
@@ -121,22 +118,9 @@ pub(crate) fn train_config(
     checkpoint: PathBuf,
 ) -> TrainConfig {
     TrainConfig {
-        epochs,
-        batch,
-        seed,
-        phases,
-        optimizer: OptimizerKind::Adam { weight_decay: 1e-4 },
-        lr,
-        lr_schedule: LrSchedule::Cosine { end: lr * 0.01 },
-        tune_lr: None,
-        label_smoothing: 0.1,
-        clip_grad: Some(5.0),
-        weight_clamp: None,
-        calibrate_every: None,
-        eval_mode: None,
-        augment: Augment::default(),
         max_steps,
         checkpoint: Some(checkpoint),
+        ..TrainConfig::recipe(batch, seed, epochs, phases, lr)
     }
 }
 
