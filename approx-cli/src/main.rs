@@ -7,6 +7,8 @@
 
 mod cmd;
 mod io;
+mod plot;
+mod progress;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -51,6 +53,9 @@ fn main() -> std::process::ExitCode {
         (false, 1) => "info",
         (false, _) => "debug",
     };
+    if cli.quiet {
+        progress::hide();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),

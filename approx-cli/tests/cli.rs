@@ -11,10 +11,27 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 fn approx(args: &[&str]) -> Output {
+    approx_with_env(args, &[])
+}
+
+fn approx_with_env(args: &[&str], env: &[(&str, &Path)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_approx"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run approx")
+}
+
+/// Puts `file` into a Hugging Face hub cache under `cache` as `org/net` at `main`,
+/// the layout `huggingface-cli download` leaves.
+fn put_in_hub_cache(cache: &Path, file: &Path, name: &str) {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = cache.join("models--org--net");
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    std::fs::copy(file, snapshot.join(name)).unwrap();
 }
 
 fn example() -> PathBuf {
@@ -462,7 +479,14 @@ fn hw_inspect_reproduces_the_published_metrics() {
 
 /// A quick fine-tune: MLP, 256 training and 128 test images of the embedded data.
 fn quick_finetune(out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
+    let mut args = quick_args(out);
+    args.extend_from_slice(extra);
+    approx(&args)
+}
+
+/// The arguments of [`quick_finetune`].
+fn quick_args(out: &Path) -> Vec<&str> {
+    vec![
         "finetune",
         "--model",
         "mlp",
@@ -480,9 +504,7 @@ fn quick_finetune(out: &Path, extra: &[&str]) -> Output {
         "32",
         "--out",
         out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    approx(&args)
+    ]
 }
 
 #[test]
@@ -517,6 +539,16 @@ fn finetune_writes_model_and_report_and_eval_reads_them() {
     );
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 1 + 2, "{csv}");
+    for (png, min_width) in [("learning-curves.png", 1000), ("error-profile.png", 400)] {
+        let bytes = std::fs::read(out.join(png)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
+        let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+        let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+        assert!(
+            width >= min_width && height >= 300,
+            "{png}: {width}x{height}"
+        );
+    }
     let model = out.join("model.safetensors");
     let (_, meta) = {
         let bytes = std::fs::read(&model).unwrap();
@@ -627,6 +659,20 @@ fn finetune_and_eval_errors_are_clear() {
 }
 
 #[test]
+fn checkpoint_segments_change_memory_not_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, segmented) = (dir.path().join("plain"), dir.path().join("segmented"));
+    let o = quick_finetune(&plain, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = quick_finetune(&segmented, &["--checkpoint-segments", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(plain.join("model.safetensors")).unwrap(),
+        std::fs::read(segmented.join("model.safetensors")).unwrap()
+    );
+}
+
+#[test]
 fn finetune_stops_at_max_steps_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
@@ -665,9 +711,31 @@ fn pretrain_then_finetune_from_its_weights() {
     let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let accuracy = record["float_accuracy"].as_f64().unwrap();
     assert!(accuracy > 0.3, "{record}");
+    // The same weights through a hub reference resolved in the local cache.
+    let cache = dir.path().join("hub");
+    put_in_hub_cache(&cache, &weights, "float.safetensors");
     let out = dir.path().join("run");
-    let o = quick_finetune(&out, &["--weights", weights.to_str().unwrap()]);
+    let mut args = quick_args(&out);
+    args.extend(["--weights", "hf://org/net/float.safetensors"]);
+    let o = approx_with_env(&args, &[("HF_HUB_CACHE", &cache)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = approx_with_env(
+        &[
+            "eval",
+            "--model",
+            "mlp",
+            "--weights",
+            "hf://org/net@v9/float.safetensors",
+        ],
+        &[("HF_HUB_CACHE", &cache)],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not in the Hugging Face cache")
+            && stderr.contains("huggingface-cli download org/net float.safetensors --revision v9"),
+        "{stderr}"
+    );
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(

@@ -13,6 +13,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod hub;
 mod hwmap;
 mod norm;
 mod sequential;

@@ -48,11 +48,22 @@ impl BatchNorm {
         }
     }
 
+    /// The trained parameters: scale γ and shift β.
+    pub fn params(&self) -> [&Var; 2] {
+        [&self.weight, &self.bias]
+    }
+
     /// Normalises `x` (`[N, C, H, W]` or `[N, C]`): batch statistics when `train`
     /// (updating the running ones with momentum 0.1, unbiased variance), running ones
     /// otherwise. One fused op with its own backward (candle's gradients of
     /// broadcast channel vectors reduce over strided axes, which is slow).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_with(x, train, train)
+    }
+
+    /// [`BatchNorm::forward`], updating the running statistics only when `update`
+    /// (a checkpointed block's recomputation must not count its batch twice).
+    pub fn forward_with(&self, x: &Tensor, train: bool, update: bool) -> Result<Tensor> {
         let (n, c) = (x.dim(0)?, x.dim(1)?);
         let inner = x.elem_count() / (n * c).max(1);
         let data = x.flatten_all()?.to_vec1::<f32>()?;
@@ -67,8 +78,10 @@ impl BatchNorm {
                 let batch = Tensor::from_vec(batch, c, x.device())?;
                 running.set(&((running.as_tensor() * (1.0 - MOMENTUM))? + (batch * MOMENTUM)?)?)
             };
-            blend(&self.running_mean, mean.clone())?;
-            blend(&self.running_var, unbiased)?;
+            if update {
+                blend(&self.running_mean, mean.clone())?;
+                blend(&self.running_var, unbiased)?;
+            }
             (mean, var)
         } else {
             (

@@ -1,10 +1,15 @@
 //! A model as a sequence of layers: what TinyConv, LeNet-5 and the MLP are, and what
 //! a model file describes.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use approx_hw::{Conv2dParams, Layer};
 use approx_train::layer::HwLayer;
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
+use approx_train::recompute::{Pass, Recompute};
+use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
 use crate::hwmap::HwMap;
@@ -172,9 +177,39 @@ impl Builder {
             name: name.to_string(),
             input,
             classes,
-            steps,
+            steps: Arc::new(steps),
             vars,
+            segments: Vec::new(),
+            recompute: Recompute::default(),
         })
+    }
+}
+
+impl Step {
+    /// The step's trained parameters.
+    fn params(&self) -> Vec<Var> {
+        match self {
+            Step::Hw(l) => std::iter::once(l.weight())
+                .chain(l.bias())
+                .cloned()
+                .collect(),
+            Step::BatchNorm(bn) => bn.params().into_iter().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Applies the step to `h`; `train` selects batch statistics, `pass` whether
+    /// running statistics are updated.
+    fn forward(&self, h: &Tensor, train: bool, pass: Pass) -> Result<Tensor> {
+        match self {
+            Step::Hw(l) => l.forward(h),
+            Step::BatchNorm(bn) => bn.forward_with(h, train, train && pass == Pass::Forward),
+            Step::Relu => h.relu(),
+            Step::Hardtanh01 => h.clamp(0f32, 1f32),
+            Step::AvgPool(k) => avg_pool(h, *k),
+            Step::MaxPool(k) => h.max_pool2d(*k),
+            Step::Flatten => h.flatten_from(1),
+        }
     }
 }
 
@@ -183,8 +218,11 @@ pub struct Sequential {
     name: String,
     input: (usize, usize, usize),
     classes: usize,
-    steps: Vec<Step>,
+    steps: Arc<Vec<Step>>,
     vars: Vec<(String, Var)>,
+    /// Checkpointed segments of `steps` in training (empty: none).
+    segments: Vec<Range<usize>>,
+    recompute: Recompute,
 }
 
 impl Sequential {
@@ -202,23 +240,72 @@ impl Sequential {
     pub fn classes(&self) -> usize {
         self.classes
     }
+
+    /// Trains with gradient checkpointing in `segments` blocks of about equally many
+    /// hardware layers (0 or 1: off). Each block keeps only its input for backward
+    /// and recomputes its activations there (bit-accurate kernels included), trading
+    /// one more forward for memory; gradients are unchanged.
+    pub fn set_checkpoint_segments(&mut self, segments: usize) {
+        self.segments.clear();
+        let layers = self
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Hw(_)))
+            .count();
+        if segments <= 1 || layers == 0 {
+            return;
+        }
+        // Hardware layer j goes to segment ⌊j·S/L⌋; a segment starts at its first layer.
+        let segments = segments.min(layers);
+        let (mut start, mut seen) = (0, 0);
+        for (i, step) in self.steps.iter().enumerate() {
+            if matches!(step, Step::Hw(_)) {
+                if seen > 0 && seen * segments / layers != (seen - 1) * segments / layers {
+                    self.segments.push(start..i);
+                    start = i;
+                }
+                seen += 1;
+            }
+        }
+        self.segments.push(start..self.steps.len());
+    }
+
+    /// The checkpointed segments, as step index ranges (empty: none).
+    pub fn checkpoint_segments(&self) -> &[Range<usize>] {
+        &self.segments
+    }
 }
 
 impl Model for Sequential {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.segments.is_empty() {
+            return self
+                .steps
+                .iter()
+                .try_fold(x.clone(), |h, s| s.forward(&h, train, Pass::Forward));
+        }
         let mut h = x.clone();
-        for step in &self.steps {
-            h = match step {
-                Step::Hw(l) => l.forward(&h)?,
-                Step::BatchNorm(bn) => bn.forward(&h, train)?,
-                Step::Relu => h.relu()?,
-                Step::Hardtanh01 => h.clamp(0f32, 1f32)?,
-                Step::AvgPool(k) => avg_pool(&h, *k)?,
-                Step::MaxPool(k) => h.max_pool2d(*k)?,
-                Step::Flatten => h.flatten_from(1)?,
-            };
+        for range in &self.segments {
+            let params = self.steps[range.clone()]
+                .iter()
+                .flat_map(Step::params)
+                .collect();
+            let (steps, range) = (self.steps.clone(), range.clone());
+            h = self.recompute.block(
+                &h,
+                params,
+                Arc::new(move |t: &Tensor, pass: Pass| {
+                    steps[range.clone()]
+                        .iter()
+                        .try_fold(t.clone(), |h, s| s.forward(&h, true, pass))
+                }),
+            )?;
         }
         Ok(h)
+    }
+
+    fn merge_recomputed_grads(&self, grads: &mut GradStore) -> Result<()> {
+        self.recompute.merge_into(grads)
     }
 
     fn hw_layers(&self) -> Vec<&HwLayer> {

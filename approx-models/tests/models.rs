@@ -48,6 +48,7 @@ fn every_model_runs_forward_and_backward_in_every_mode_and_round_trips() {
             net.hw_layers()[0].set_calibration(Some(Calibration {
                 bias: [0.01, 0.0, 0.0, 0.0, 0.0, 0.0],
                 std: [0.02; 6],
+                ..Calibration::default()
             }));
             let path = dir.path().join(format!("{kind}.safetensors"));
             save(&net, &path, &hw).unwrap();
@@ -194,4 +195,53 @@ fn loading_errors_name_every_offending_tensor() {
     .unwrap()
     .to_string();
     assert!(err.contains("nope"), "{err}");
+}
+
+/// Gradients of every parameter, and every named tensor after the step (batch-norm
+/// running statistics included), of one training forward and backward.
+fn step_state(net: &approx_models::Sequential, x: &Tensor) -> Vec<(String, Vec<f32>)> {
+    let y = net.forward(x, true).unwrap();
+    let mut grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    net.merge_recomputed_grads(&mut grads).unwrap();
+    let mut out = Vec::new();
+    for (name, var) in net.named_vars() {
+        if let Some(g) = grads.get(&var) {
+            out.push((format!("grad {name}"), flat(g)));
+        }
+        out.push((name, flat(var.as_tensor())));
+    }
+    out
+}
+
+#[test]
+fn checkpointed_segments_give_the_plain_gradients_and_statistics() {
+    let shape = (1, 28, 28);
+    let x = input(shape, 3);
+    for (hw, mode) in [
+        ("sc:len=16,acc=or2", ExecMode::Accurate),
+        ("sc:len=16,acc=or2", ExecMode::Inject),
+        ("analog", ExecMode::Accurate),
+        ("exact", ExecMode::Float),
+    ] {
+        let hw = HwMap::All(hw.parse().unwrap());
+        let plain = build(ModelKind::TinyConv, shape, 10, &hw, mode, 5).unwrap();
+        for l in plain.hw_layers() {
+            l.request_calibration();
+        }
+        let want = step_state(&plain, &x);
+        for segments in [2, 3, 4] {
+            let mut net = build(ModelKind::TinyConv, shape, 10, &hw, mode, 5).unwrap();
+            net.set_checkpoint_segments(segments);
+            assert_eq!(net.checkpoint_segments().len(), segments, "{hw} {segments}");
+            for l in net.hw_layers() {
+                l.request_calibration();
+            }
+            let got = step_state(&net, &x);
+            assert_eq!(got.len(), want.len());
+            for ((n1, v1), (n2, v2)) in got.iter().zip(&want) {
+                assert_eq!(n1, n2);
+                assert_eq!(v1, v2, "{hw} {mode} segments {segments}: {n1}");
+            }
+        }
+    }
 }

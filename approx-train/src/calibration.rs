@@ -16,6 +16,10 @@ pub struct Calibration {
     pub bias: [f64; DEGREE + 1],
     /// Std coefficients σ_0..σ_5.
     pub std: [f64; DEGREE + 1],
+    /// The range `[lo, hi]` of approximation values the fit saw (where the
+    /// polynomials mean something; for plots and inspection).
+    #[serde(default)]
+    pub range: [f64; 2],
 }
 
 /// How residuals are binned.
@@ -96,7 +100,17 @@ impl Calibration {
                 points.push((start + offset, mean, var.sqrt()));
             }
         }
-        let mut cal = Calibration::default();
+        let mut cal = Calibration {
+            range: approx
+                .iter()
+                .fold([f64::INFINITY, f64::NEG_INFINITY], |[a, b], &v| {
+                    [a.min(v as f64), b.max(v as f64)]
+                }),
+            ..Calibration::default()
+        };
+        if !cal.range[0].is_finite() {
+            cal.range = [0.0, 0.0];
+        }
         if points.len() <= DEGREE {
             return cal;
         }
@@ -190,6 +204,7 @@ mod tests {
         let truth = Calibration {
             bias: [0.02, -0.05, 0.01, 0.0, 0.0, 0.0],
             std: [0.05, 0.02, 0.0, 0.0, 0.0, 0.0],
+            ..Calibration::default()
         };
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let approx: Vec<f32> = (0..200_000)

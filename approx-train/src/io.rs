@@ -73,7 +73,36 @@ pub fn write_safetensors(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| fail(e.to_string()))?;
     let encoded = safetensors::serialize(views, Some(metadata)).map_err(|e| fail(e.to_string()))?;
+    let encoded = sorted_header(encoded).map_err(fail)?;
     write_atomic(path, &encoded).map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
+/// The safetensors file `encoded` with its JSON header's keys in sorted order
+/// (`safetensors` writes the metadata in hash order), so that equal models give
+/// byte-equal files. Data offsets are relative to the data section and do not change.
+fn sorted_header(encoded: Vec<u8>) -> Result<Vec<u8>, String> {
+    let short = || "serialized safetensors file is truncated".to_string();
+    let len = u64::from_le_bytes(
+        encoded
+            .get(..8)
+            .ok_or_else(short)?
+            .try_into()
+            .map_err(|_| short())?,
+    );
+    let end = usize::try_from(len)
+        .map_err(|_| short())?
+        .checked_add(8)
+        .ok_or_else(short)?;
+    let header: serde_json::Value = serde_json::from_slice(encoded.get(8..end).ok_or_else(short)?)
+        .map_err(|e| e.to_string())?;
+    // serde_json's map is a BTreeMap: keys come out sorted.
+    let mut json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + encoded.len() - end);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&encoded[end..]);
+    Ok(out)
 }
 
 /// Peak resident memory of this process in bytes (`VmHWM`), where the OS reports it.

@@ -9,8 +9,17 @@ use crate::storage::f32_values;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor, Var};
 
+/// Which run of a block's forward this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The step's forward: side effects (batch-norm running statistics) happen here.
+    Forward,
+    /// The recomputation in backward: the same values, no side effects.
+    Recompute,
+}
+
 /// A block's forward: input to output, building its graph on the given input.
-pub type BlockFn = Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+pub type BlockFn = Arc<dyn Fn(&Tensor, Pass) -> Result<Tensor> + Send + Sync>;
 
 /// The gradient side channel shared by a model's checkpointed blocks.
 #[derive(Clone, Default)]
@@ -74,14 +83,14 @@ impl CustomOp1 for Checkpoint {
         // A graph-free copy: the block's intermediate tensors die with this call.
         let data = f32_values(storage, layout, "a checkpointed block")?.into_owned();
         let x = Tensor::from_vec(data, layout.shape(), &Device::Cpu)?;
-        let y = (self.block)(&x)?.detach();
+        let y = (self.block)(&x, Pass::Forward)?.detach();
         let shape = y.shape().clone();
         Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let x = Var::from_tensor(&arg.detach())?;
-        let y = (self.block)(x.as_tensor())?;
+        let y = (self.block)(x.as_tensor(), Pass::Recompute)?;
         let grads = (y * grad)?.sum_all()?.backward()?;
         let mut keep = GradStore::default();
         for p in &self.params {
@@ -122,13 +131,16 @@ mod tests {
             &dev,
         )
         .unwrap();
-        let block = |w: Var| -> BlockFn { Arc::new(move |t: &Tensor| t.matmul(&w)?.tanh()) };
-        let plain = block(w2.clone())(&block(w1.clone())(&x).unwrap())
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap();
+        let block = |w: Var| -> BlockFn { Arc::new(move |t: &Tensor, _| t.matmul(&w)?.tanh()) };
+        let plain = block(w2.clone())(
+            &block(w1.clone())(&x, Pass::Forward).unwrap(),
+            Pass::Forward,
+        )
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap();
         let g_plain = plain.backward().unwrap();
         let rc = Recompute::default();
         let h = rc.block(&x, vec![w1.clone()], block(w1.clone())).unwrap();

@@ -133,6 +133,7 @@ mod tests {
         let cal = Calibration {
             bias: [0.01, -0.03, 0.02, -0.004, 0.0, 0.0],
             std: [0.05, 0.01, 0.0, 0.0, 0.0, 0.0],
+            ..Calibration::default()
         };
         for model in [
             ErrorModel::OrN { n: 2 },

@@ -146,10 +146,14 @@ pub enum Event {
         /// The step's loss.
         loss: f64,
     },
-    /// Evaluation of an epoch started.
+    /// An evaluation batch of an epoch is about to run.
     Evaluating {
         /// Epoch index.
         epoch: usize,
+        /// Batch index within the evaluation.
+        batch: usize,
+        /// Batches in the evaluation.
+        batches: usize,
     },
     /// An epoch finished.
     Epoch(EpochRecord),
@@ -202,11 +206,26 @@ pub fn loss_and_correct(logits: &Tensor, labels: &Tensor, eps: f64) -> Result<(T
 /// Accuracy (fraction) of `model` on `data` with every hardware layer in `mode`
 /// (restored afterwards), in batches of `batch`.
 pub fn evaluate(model: &dyn Model, data: &Dataset, mode: ExecMode, batch: usize) -> Result<f64> {
+    evaluate_with_progress(model, data, mode, batch, &mut |_, _| {})
+}
+
+/// [`evaluate`], calling `on_batch(batch, batches)` before each batch (for progress
+/// bars: bit-accurate evaluation of a test set takes seconds to minutes).
+pub fn evaluate_with_progress(
+    model: &dyn Model,
+    data: &Dataset,
+    mode: ExecMode,
+    batch: usize,
+    on_batch: &mut dyn FnMut(usize, usize),
+) -> Result<f64> {
     let before: Vec<ExecMode> = model.hw_layers().iter().map(|l| l.mode()).collect();
     model.set_mode(mode);
     let mut correct = 0f64;
     let result = (|| -> Result<()> {
-        for b in Batches::new(data, batch, false, Augment::default(), 0, 0) {
+        let batches = Batches::new(data, batch, false, Augment::default(), 0, 0);
+        let count = batches.batches();
+        for (i, b) in batches.enumerate() {
+            on_batch(i, count);
             let (x, y) = b?;
             let logits = model.forward(&x, false)?;
             correct += f64::from(
@@ -390,10 +409,19 @@ pub fn train(
             }
         }
         let eval_accuracy = match (config.eval_mode, eval) {
-            (Some(m), Some(data)) => {
-                on_event(Event::Evaluating { epoch });
-                Some(evaluate(model, data, m, config.batch)?)
-            }
+            (Some(m), Some(data)) => Some(evaluate_with_progress(
+                model,
+                data,
+                m,
+                config.batch,
+                &mut |batch, batches| {
+                    on_event(Event::Evaluating {
+                        epoch,
+                        batch,
+                        batches,
+                    })
+                },
+            )?),
             _ => None,
         };
         let seen = state.epoch_seen.max(1) as f64;

@@ -93,6 +93,7 @@ fn test_calibration() -> Calibration {
     Calibration {
         bias: [0.01, -0.04, 0.02, -0.003, 0.0, 0.0],
         std: [0.03, 0.0, 0.0, 0.0, 0.0, 0.0],
+        ..Calibration::default()
     }
 }
 

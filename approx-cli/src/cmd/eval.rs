@@ -7,7 +7,9 @@ use anyhow::{bail, Context, Result};
 use approx_hw::HwSpec;
 use approx_models::{load, HwMap, ModelKind};
 use approx_train::mode::ExecMode;
-use approx_train::trainer::{evaluate, on_large_stack};
+use approx_train::trainer::on_large_stack;
+
+use crate::progress::evaluate;
 use serde_json::json;
 
 use super::data::DataArgs;
@@ -21,9 +23,10 @@ pub struct Args {
     /// Model: `tinyconv`, `lenet5` or `mlp`.
     #[arg(long, default_value = "tinyconv")]
     model: ModelKind,
-    /// Safetensors weights to evaluate.
+    /// Safetensors weights to evaluate: a path, or `hf://ORG/NAME[@REV]/FILE` from the
+    /// local Hugging Face cache.
     #[arg(long)]
-    weights: PathBuf,
+    weights: String,
     /// Hardware to evaluate on (repeatable: a sweep printed as a table). Default: the
     /// `approx.hw` recorded in the weights file, else exact.
     #[arg(long = "hw")]
@@ -51,8 +54,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
+    let weights = approx_models::hub::resolve(&args.weights)
+        .with_context(|| format!("--weights `{}`", args.weights))?;
     let specs: Vec<String> = if args.hw.is_empty() {
-        let meta = approx_models::store::read_metadata(&args.weights)?;
+        let meta = approx_models::store::read_metadata(&weights)?;
         vec![meta
             .get(approx_models::META_HW)
             .filter(|h| h.parse::<HwSpec>().is_ok())
@@ -73,7 +78,7 @@ pub fn run(args: Args) -> Result<()> {
     for spec in specs {
         let model = load(
             args.model,
-            &args.weights,
+            &weights,
             test.shape,
             test.classes,
             &HwMap::All(spec.clone()),
@@ -81,7 +86,8 @@ pub fn run(args: Args) -> Result<()> {
             false,
         )
         .with_context(|| format!("loading --weights for model `{}`", args.model))?;
-        let accuracy = on_large_stack(|| evaluate(&model, &test, mode, args.batch))?;
+        let label = spec.to_string();
+        let accuracy = on_large_stack(|| evaluate(&label, &model, &test, mode, args.batch))?;
         println!("{:<48} {:>8.2} %", spec.to_string(), 100.0 * accuracy);
         rows.push(json!({ "hw": spec.to_string(), "mode": mode.name(), "accuracy": accuracy }));
     }

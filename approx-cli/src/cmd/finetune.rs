@@ -14,11 +14,13 @@ use approx_train::data::Dataset;
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
 use approx_train::schedule::Phases;
-use approx_train::trainer::{evaluate, on_large_stack, train, EpochRecord, Event, TrainConfig};
+use approx_train::trainer::{on_large_stack, train, EpochRecord, TrainConfig};
 use serde::Serialize;
 
 use super::data::DataArgs;
 use super::model_args::ModelArgs;
+use crate::plot::{self, Curves, LayerProfile};
+use crate::progress::{evaluate, TrainProgress};
 use approx_train::io::write_atomic;
 
 /// Set by Ctrl-C: the trainer finishes its step, checkpoints and stops.
@@ -124,35 +126,6 @@ pub(crate) fn train_config(
     }
 }
 
-/// Prints epoch summaries as they finish.
-pub(crate) fn progress(phase: &'static str) -> impl FnMut(Event) {
-    move |event| match event {
-        Event::Epoch(r) => tracing::info!(
-            "{phase} epoch {} ({}): loss {:.4}, train accuracy {:.2} %, {}{:.0} images/s",
-            r.epoch + 1,
-            r.mode,
-            r.loss,
-            100.0 * r.train_accuracy,
-            r.eval_accuracy
-                .map_or(String::new(), |a| format!("eval {:.2} %, ", 100.0 * a)),
-            r.samples_per_second
-        ),
-        Event::Step {
-            epoch,
-            batch,
-            batches,
-            loss,
-        } if batch % 20 == 0 => {
-            tracing::debug!(
-                "{phase} epoch {} step {}/{batches}: loss {loss:.4}",
-                epoch + 1,
-                batch + 1
-            )
-        }
-        _ => {}
-    }
-}
-
 fn job(
     args: &Args,
     hw: &HwMap,
@@ -193,6 +166,7 @@ fn job(
                 args.pretrain_lr,
                 args.out.join("pretrain-checkpoint.safetensors"),
             );
+            let mut pretrain_bars = TrainProgress::new("pretrain");
             let out = train(
                 &model,
                 train_set,
@@ -200,7 +174,7 @@ fn job(
                 &cfg,
                 args.resume,
                 &STOP,
-                &mut progress("pretrain"),
+                &mut |e| pretrain_bars.on_event(e),
             )?;
             pretrain_history = out.history;
             if out.stopped {
@@ -213,8 +187,14 @@ fn job(
             )?;
         }
     }
-    let float_accuracy = evaluate(&model, test_set, ExecMode::Float, args.batch)?;
-    let hw_accuracy_before = evaluate(&model, test_set, ExecMode::Accurate, args.batch)?;
+    let float_accuracy = evaluate("float", &model, test_set, ExecMode::Float, args.batch)?;
+    let hw_accuracy_before = evaluate(
+        "hardware before",
+        &model,
+        test_set,
+        ExecMode::Accurate,
+        args.batch,
+    )?;
     tracing::info!(
         "float accuracy {:.2} %, on {hw}: {:.2} %",
         100.0 * float_accuracy,
@@ -228,6 +208,7 @@ fn job(
         args.out.join("finetune-checkpoint.safetensors"),
     );
     cfg.eval_mode = Some(ExecMode::Accurate);
+    let mut finetune_bars = TrainProgress::new("fine-tune");
     let out = train(
         &model,
         train_set,
@@ -235,12 +216,18 @@ fn job(
         &cfg,
         args.resume,
         &STOP,
-        &mut progress("fine-tune"),
+        &mut |e| finetune_bars.on_event(e),
     )?;
     if out.stopped {
         return stopped(args, out.steps);
     }
-    let hw_accuracy_after = evaluate(&model, test_set, ExecMode::Accurate, args.batch)?;
+    let hw_accuracy_after = evaluate(
+        "hardware after",
+        &model,
+        test_set,
+        ExecMode::Accurate,
+        args.batch,
+    )?;
     let model_path = args.out.join("model.safetensors");
     save(&model, &model_path, hw)?;
     let report = Report {
@@ -263,6 +250,27 @@ fn job(
         finetune: out.history,
     };
     write_outputs(args, &report)?;
+    let curves = args.out.join("learning-curves.png");
+    plot::learning_curves(
+        &curves,
+        &Curves {
+            pretrain: &report.pretrain,
+            finetune: &report.finetune,
+            float_accuracy,
+            hw_accuracy_before,
+        },
+    )?;
+    let profile = args.out.join("error-profile.png");
+    let layers: Vec<LayerProfile> = model
+        .hw_layers()
+        .iter()
+        .map(|l| LayerProfile {
+            name: l.name().to_string(),
+            hw: l.hw().clone(),
+            calibration: l.calibration(),
+        })
+        .collect();
+    plot::error_profile(&profile, &layers)?;
     println!("{:<28} {:>10}", "model", report.model);
     println!("{:<28} {:>10}", "hardware", report.hw);
     println!("{:<28} {:>9.2} %", "float accuracy", 100.0 * float_accuracy);
@@ -277,7 +285,10 @@ fn job(
         100.0 * hw_accuracy_after
     );
     println!("{:<28} {:>9.1} s", "wall time", report.wall_seconds);
-    println!("wrote {}", model_path.display());
+    println!(
+        "wrote model.safetensors, report.json, metrics.csv, learning-curves.png and error-profile.png in `{}`",
+        args.out.display()
+    );
     Ok(())
 }
 

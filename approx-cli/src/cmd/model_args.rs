@@ -1,9 +1,7 @@
 //! Options shared by the commands that build a model: which model, which weights,
 //! which hardware.
 
-use std::path::PathBuf;
-
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use approx_hw::HwSpec;
 use approx_models::{build, load, HwMap, ModelKind, Sequential};
 use approx_train::mode::ExecMode;
@@ -14,9 +12,10 @@ pub struct ModelArgs {
     /// Model: `tinyconv`, `lenet5` or `mlp`.
     #[arg(long, default_value = "tinyconv")]
     pub model: ModelKind,
-    /// Safetensors weights with PyTorch names (default: train from scratch).
+    /// Safetensors weights with PyTorch names: a path, or `hf://ORG/NAME[@REV]/FILE`
+    /// from the local Hugging Face cache (default: train from scratch).
     #[arg(long)]
-    pub weights: Option<PathBuf>,
+    pub weights: Option<String>,
     /// Accept a weights file that lacks some tensors (they are initialised).
     #[arg(long)]
     pub allow_missing: bool,
@@ -27,6 +26,11 @@ pub struct ModelArgs {
     /// unmatched layers are exact.
     #[arg(long, conflicts_with = "hw")]
     pub hw_map: Option<String>,
+    /// Gradient checkpointing in training: split the model into this many blocks that
+    /// keep only their input and recompute activations in backward (less memory,
+    /// one more forward; 0: off).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_segments: usize,
 }
 
 impl ModelArgs {
@@ -55,14 +59,13 @@ impl ModelArgs {
         mode: ExecMode,
         seed: u64,
     ) -> Result<Sequential> {
-        Ok(match &self.weights {
-            Some(path) => {
-                if path.to_string_lossy().starts_with("hf://") {
-                    bail!("--weights `{}`: Hugging Face hub references are not supported; download the file and pass its path", path.display());
-                }
+        let mut model = match &self.weights {
+            Some(weights) => {
+                let path = approx_models::hub::resolve(weights)
+                    .with_context(|| format!("--weights `{weights}`"))?;
                 load(
                     self.model,
-                    path,
+                    &path,
                     input,
                     classes,
                     hw,
@@ -72,6 +75,8 @@ impl ModelArgs {
                 .with_context(|| format!("loading --weights for model `{}`", self.model))?
             }
             None => build(self.model, input, classes, hw, mode, seed)?,
-        })
+        };
+        model.set_checkpoint_segments(self.checkpoint_segments);
+        Ok(model)
     }
 }

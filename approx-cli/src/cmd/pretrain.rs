@@ -8,12 +8,13 @@ use approx_hw::HwSpec;
 use approx_models::{save, HwMap};
 use approx_train::mode::ExecMode;
 use approx_train::schedule::Phases;
-use approx_train::trainer::{evaluate, on_large_stack, train};
+use approx_train::trainer::{on_large_stack, train};
 use serde_json::json;
 
 use super::data::DataArgs;
-use super::finetune::{progress, train_config, STOP};
+use super::finetune::{train_config, STOP};
 use super::model_args::ModelArgs;
+use crate::progress::{evaluate, TrainProgress};
 
 /// Arguments of `approx pretrain`.
 #[derive(Debug, clap::Args)]
@@ -76,6 +77,7 @@ pub fn run(args: Args) -> Result<()> {
         checkpoint.into(),
     );
     let (outcome, accuracy) = on_large_stack(|| -> Result<_> {
+        let mut bars = TrainProgress::new("pretrain");
         let outcome = train(
             &model,
             &train_set,
@@ -83,9 +85,9 @@ pub fn run(args: Args) -> Result<()> {
             &cfg,
             args.resume,
             &STOP,
-            &mut progress("pretrain"),
+            &mut |e| bars.on_event(e),
         )?;
-        let accuracy = evaluate(&model, &test_set, ExecMode::Float, args.batch)?;
+        let accuracy = evaluate("float", &model, &test_set, ExecMode::Float, args.batch)?;
         Ok((outcome, accuracy))
     })?;
     if outcome.stopped {
