@@ -25,7 +25,7 @@ use std::path::Path;
 
 pub use hwmap::HwMap;
 pub use norm::BatchNorm;
-pub use sequential::{Builder, Sequential, Step};
+pub use sequential::{Builder, Residual, Sequential, Step, HARDTANH01};
 pub use store::{LoadError, ParamStore};
 pub use zoo::ModelKind;
 

@@ -2,7 +2,12 @@
 //! a model file describes.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use approx_hw::rng::mix;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use approx_hw::{Conv2dParams, Layer};
 use approx_train::layer::HwLayer;
@@ -24,15 +29,53 @@ pub enum Step {
     BatchNorm(BatchNorm),
     /// `max(x, 0)`.
     Relu,
-    /// `clamp(x, 0, 1)` (REX-SC's `Hardtanh(0, 1)`, which keeps SC inputs unipolar).
-    Hardtanh01,
+    /// `clamp(x, min, max)`; REX-SC's `Hardtanh(0, 1)` keeps SC inputs unipolar.
+    Hardtanh {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+    },
     /// Average pooling, square kernel = stride.
     AvgPool(usize),
+    /// Average pooling with a square `kernel`, `stride` and zero `padding` (counted in
+    /// the mean, as PyTorch's default `count_include_pad`).
+    AvgPoolPadded {
+        /// Window side, pixels.
+        kernel: usize,
+        /// Step between windows, pixels.
+        stride: usize,
+        /// Zeros added on each side, pixels.
+        padding: usize,
+    },
     /// Max pooling, square kernel = stride.
     MaxPool(usize),
+    /// Mean over the spatial dimensions: `[N, C, H, W]` to `[N, C]`.
+    GlobalAvgPool,
     /// `[N, ...]` to `[N, features]`.
     Flatten,
+    /// Inverted dropout with drop probability `p` in training, identity otherwise; the
+    /// mask is drawn from the training step and `key`, so runs are reproducible.
+    Dropout {
+        /// Drop probability.
+        p: f32,
+        /// Distinguishes the model's dropout steps.
+        key: u64,
+    },
+    /// A residual block: `body(x) + shortcut(x)`.
+    Residual(Box<Residual>),
 }
+
+/// The two paths of a residual block.
+pub struct Residual {
+    /// The main path.
+    pub body: Vec<Step>,
+    /// The shortcut; empty for the identity.
+    pub shortcut: Vec<Step>,
+}
+
+/// REX-SC's `Hardtanh(0, 1)`.
+pub const HARDTANH01: Step = Step::Hardtanh { min: 0.0, max: 1.0 };
 
 /// A layer waiting for its hardware (assigned when the model is complete, since
 /// "all but first and last" needs the count).
@@ -46,6 +89,22 @@ struct PendingLayer {
 enum Pending {
     Layer(PendingLayer),
     Other(Step),
+    Residual {
+        body: Vec<Pending>,
+        shortcut: Vec<Pending>,
+    },
+}
+
+impl Pending {
+    fn layers(&self) -> usize {
+        match self {
+            Pending::Layer(_) => 1,
+            Pending::Other(_) => 0,
+            Pending::Residual { body, shortcut } => {
+                body.iter().chain(shortcut).map(Pending::layers).sum()
+            }
+        }
+    }
 }
 
 /// Builds a [`Sequential`] step by step, taking parameters from a [`ParamStore`].
@@ -74,7 +133,8 @@ impl Builder {
     }
 
     /// A conv2d layer `name`: `in_ch → out_ch`, square `kernel`, `stride`, `padding`,
-    /// with or without bias; PyTorch's default initialisation U(±1/√fan_in).
+    /// with or without bias; PyTorch's default initialisation U(±1/√fan_in), times
+    /// the [`Builder::init_scale`].
     pub fn conv(
         &mut self,
         name: &str,
@@ -84,7 +144,7 @@ impl Builder {
         padding: usize,
         bias: bool,
     ) -> &mut Self {
-        let bound = 1.0 / ((in_ch * kernel * kernel) as f32).sqrt();
+        let bound = self.init_scale / ((in_ch * kernel * kernel) as f32).sqrt();
         let weight = self.store.param(
             &format!("{name}.weight"),
             &[out_ch, in_ch, kernel, kernel],
@@ -137,6 +197,29 @@ impl Builder {
         self
     }
 
+    /// Inverted dropout with drop probability `p` (a fresh mask per training step).
+    pub fn dropout(&mut self, p: f32) -> &mut Self {
+        let key = self.steps.len() as u64;
+        self.step(Step::Dropout { p, key })
+    }
+
+    /// A residual block whose main path `body` and shortcut `shortcut` add their
+    /// steps to the builder they are given (a shortcut that adds nothing is the
+    /// identity). Layers are numbered body first, as PyTorch registers them.
+    pub fn residual(
+        &mut self,
+        body: impl FnOnce(&mut Self),
+        shortcut: impl FnOnce(&mut Self),
+    ) -> &mut Self {
+        let outer = std::mem::take(&mut self.steps);
+        body(self);
+        let body = std::mem::take(&mut self.steps);
+        shortcut(self);
+        let shortcut = std::mem::replace(&mut self.steps, outer);
+        self.steps.push(Pending::Residual { body, shortcut });
+        self
+    }
+
     /// The finished model `name` for inputs `input` (C, H, W) and `classes` outputs,
     /// its layers on the hardware `hw` says, in `mode`; fails listing every tensor of
     /// a loaded file that does not fit.
@@ -149,30 +232,9 @@ impl Builder {
         mode: ExecMode,
     ) -> std::result::Result<Sequential, LoadError> {
         let vars = self.store.finish(name)?;
-        let count = self
-            .steps
-            .iter()
-            .filter(|s| matches!(s, Pending::Layer(_)))
-            .count();
+        let count = self.steps.iter().map(Pending::layers).sum();
         let mut index = 0;
-        let mut steps = Vec::with_capacity(self.steps.len());
-        for s in self.steps {
-            steps.push(match s {
-                Pending::Other(step) => step,
-                Pending::Layer(p) => {
-                    let spec = hw.resolve(&p.name, index, count);
-                    index += 1;
-                    let layer =
-                        HwLayer::new(&p.name, p.op, p.weight, p.bias, spec, mode).map_err(|e| {
-                            LoadError::Hardware {
-                                layer: p.name.clone(),
-                                message: e.to_string(),
-                            }
-                        })?;
-                    Step::Hw(Box::new(layer))
-                }
-            });
-        }
+        let steps = resolve(self.steps, hw, mode, &mut index, count)?;
         Ok(Sequential {
             name: name.to_string(),
             input,
@@ -181,6 +243,7 @@ impl Builder {
             vars,
             segments: Vec::new(),
             recompute: Recompute::default(),
+            step: AtomicU64::new(0),
         })
     }
 }
@@ -194,23 +257,124 @@ impl Step {
                 .cloned()
                 .collect(),
             Step::BatchNorm(bn) => bn.params().into_iter().cloned().collect(),
+            Step::Residual(r) => r
+                .body
+                .iter()
+                .chain(&r.shortcut)
+                .flat_map(Step::params)
+                .collect(),
             _ => Vec::new(),
         }
     }
 
-    /// Applies the step to `h`; `train` selects batch statistics, `pass` whether
-    /// running statistics are updated.
-    fn forward(&self, h: &Tensor, train: bool, pass: Pass) -> Result<Tensor> {
+    /// The hardware layers in the step, in order.
+    fn hw_layers(&self) -> Vec<&HwLayer> {
         match self {
-            Step::Hw(l) => l.forward(h),
-            Step::BatchNorm(bn) => bn.forward_with(h, train, train && pass == Pass::Forward),
-            Step::Relu => h.relu(),
-            Step::Hardtanh01 => h.clamp(0f32, 1f32),
-            Step::AvgPool(k) => avg_pool(h, *k),
-            Step::MaxPool(k) => h.max_pool2d(*k),
-            Step::Flatten => h.flatten_from(1),
+            Step::Hw(l) => vec![l.as_ref()],
+            Step::Residual(r) => r
+                .body
+                .iter()
+                .chain(&r.shortcut)
+                .flat_map(Step::hw_layers)
+                .collect(),
+            _ => Vec::new(),
         }
     }
+
+    /// Applies the step to `h`.
+    fn forward(&self, h: &Tensor, ctx: Ctx) -> Result<Tensor> {
+        match self {
+            Step::Hw(l) => l.forward(h),
+            Step::BatchNorm(bn) => {
+                bn.forward_with(h, ctx.train, ctx.train && ctx.pass == Pass::Forward)
+            }
+            Step::Relu => h.relu(),
+            Step::Hardtanh { min, max } => h.clamp(*min, *max),
+            Step::AvgPool(k) => avg_pool(h, *k),
+            Step::AvgPoolPadded {
+                kernel,
+                stride,
+                padding,
+            } => avg_pool_padded(h, *kernel, *stride, *padding),
+            Step::MaxPool(k) => h.max_pool2d(*k),
+            Step::GlobalAvgPool => h.flatten_from(2)?.mean(2),
+            Step::Flatten => h.flatten_from(1),
+            Step::Dropout { p, key } if ctx.train && *p > 0.0 => {
+                let mut rng = ChaCha8Rng::seed_from_u64(mix(mix(ctx.step) ^ mix(*key)));
+                let keep = 1.0 - *p;
+                let mask: Vec<f32> = (0..h.elem_count())
+                    .map(|_| {
+                        if rng.random::<f32>() < keep {
+                            1.0 / keep
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                h * Tensor::from_vec(mask, h.shape(), h.device())?
+            }
+            Step::Dropout { .. } => Ok(h.clone()),
+            Step::Residual(r) => {
+                let main = run(&r.body, h, ctx)?;
+                if r.shortcut.is_empty() {
+                    main + h
+                } else {
+                    main + run(&r.shortcut, h, ctx)?
+                }
+            }
+        }
+    }
+}
+
+/// Gives every pending layer its hardware (layers numbered from `index` in order,
+/// `count` in the model) and builds the steps.
+fn resolve(
+    pending: Vec<Pending>,
+    hw: &HwMap,
+    mode: ExecMode,
+    index: &mut usize,
+    count: usize,
+) -> std::result::Result<Vec<Step>, LoadError> {
+    let mut steps = Vec::with_capacity(pending.len());
+    for p in pending {
+        steps.push(match p {
+            Pending::Other(step) => step,
+            Pending::Layer(p) => {
+                let spec = hw.resolve(&p.name, *index, count);
+                *index += 1;
+                let layer =
+                    HwLayer::new(&p.name, p.op, p.weight, p.bias, spec, mode).map_err(|e| {
+                        LoadError::Hardware {
+                            layer: p.name.clone(),
+                            message: e.to_string(),
+                        }
+                    })?;
+                Step::Hw(Box::new(layer))
+            }
+            Pending::Residual { body, shortcut } => {
+                let body = resolve(body, hw, mode, index, count)?;
+                let shortcut = resolve(shortcut, hw, mode, index, count)?;
+                Step::Residual(Box::new(Residual { body, shortcut }))
+            }
+        });
+    }
+    Ok(steps)
+}
+
+/// Applies `steps` in order to `x`.
+fn run(steps: &[Step], x: &Tensor, ctx: Ctx) -> Result<Tensor> {
+    steps.iter().try_fold(x.clone(), |h, s| s.forward(&h, ctx))
+}
+
+/// What a step's forward depends on besides its input.
+#[derive(Debug, Clone, Copy)]
+struct Ctx {
+    /// Training behaviour (batch statistics, dropout).
+    train: bool,
+    /// Whether side effects happen (not in a checkpoint's recomputation).
+    pass: Pass,
+    /// The training step (keys dropout masks).
+    step: u64,
 }
 
 /// A model that applies its steps in order.
@@ -223,6 +387,8 @@ pub struct Sequential {
     /// Checkpointed segments of `steps` in training (empty: none).
     segments: Vec<Range<usize>>,
     recompute: Recompute,
+    /// The training step (keys dropout masks).
+    step: AtomicU64,
 }
 
 impl Sequential {
@@ -247,24 +413,22 @@ impl Sequential {
     /// one more forward for memory; gradients are unchanged.
     pub fn set_checkpoint_segments(&mut self, segments: usize) {
         self.segments.clear();
-        let layers = self
-            .steps
-            .iter()
-            .filter(|s| matches!(s, Step::Hw(_)))
-            .count();
+        let per_step: Vec<usize> = self.steps.iter().map(|s| s.hw_layers().len()).collect();
+        let layers: usize = per_step.iter().sum();
         if segments <= 1 || layers == 0 {
             return;
         }
-        // Hardware layer j goes to segment ⌊j·S/L⌋; a segment starts at its first layer.
+        // A step whose first hardware layer is layer j goes to segment ⌊j·S/L⌋.
         let segments = segments.min(layers);
-        let (mut start, mut seen) = (0, 0);
-        for (i, step) in self.steps.iter().enumerate() {
-            if matches!(step, Step::Hw(_)) {
-                if seen > 0 && seen * segments / layers != (seen - 1) * segments / layers {
+        let (mut start, mut seen, mut current) = (0, 0, 0);
+        for (i, &n) in per_step.iter().enumerate() {
+            if n > 0 {
+                let segment = seen * segments / layers;
+                if segment != current {
                     self.segments.push(start..i);
-                    start = i;
+                    (start, current) = (i, segment);
                 }
-                seen += 1;
+                seen += n;
             }
         }
         self.segments.push(start..self.steps.len());
@@ -278,11 +442,13 @@ impl Sequential {
 
 impl Model for Sequential {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let ctx = Ctx {
+            train,
+            pass: Pass::Forward,
+            step: self.step.load(Ordering::Relaxed),
+        };
         if !train || self.segments.is_empty() {
-            return self
-                .steps
-                .iter()
-                .try_fold(x.clone(), |h, s| s.forward(&h, train, Pass::Forward));
+            return run(&self.steps, x, ctx);
         }
         let mut h = x.clone();
         for range in &self.segments {
@@ -295,9 +461,7 @@ impl Model for Sequential {
                 &h,
                 params,
                 Arc::new(move |t: &Tensor, pass: Pass| {
-                    steps[range.clone()]
-                        .iter()
-                        .try_fold(t.clone(), |h, s| s.forward(&h, true, pass))
+                    run(&steps[range.clone()], t, Ctx { pass, ..ctx })
                 }),
             )?;
         }
@@ -309,17 +473,18 @@ impl Model for Sequential {
     }
 
     fn hw_layers(&self) -> Vec<&HwLayer> {
-        self.steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Hw(l) => Some(l.as_ref()),
-                _ => None,
-            })
-            .collect()
+        self.steps.iter().flat_map(Step::hw_layers).collect()
     }
 
     fn named_vars(&self) -> Vec<(String, Var)> {
         self.vars.clone()
+    }
+
+    fn set_step(&self, step: u64) {
+        self.step.store(step, Ordering::Relaxed);
+        for l in self.hw_layers() {
+            l.set_step(step);
+        }
     }
 }
 
@@ -335,4 +500,50 @@ fn avg_pool(x: &Tensor, k: usize) -> Result<Tensor> {
         x.clone()
     };
     x.reshape((n, c, oh, k, ow, k))?.mean(5)?.mean(3)
+}
+
+/// Average pooling with overlapping windows and zero padding (counted in the mean), as
+/// a convolution of every channel with a constant `1/k²` kernel: candle has no
+/// backward for overlapping average pooling.
+fn avg_pool_padded(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let ones = Tensor::ones((1, 1, kernel, kernel), x.dtype(), x.device())?;
+    let y = approx_train::conv::conv2d(
+        &x.reshape((n * c, 1, h, w))?,
+        &(ones / (kernel * kernel) as f64)?,
+        Conv2dParams::new(stride, padding),
+    )?;
+    let (oh, ow) = (y.dim(2)?, y.dim(3)?);
+    y.reshape((n, c, oh, ow))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn padded_average_pooling_matches_candle_on_a_zero_padded_input() {
+        let x = Tensor::rand(0f32, 1f32, (2, 3, 9, 8), &Device::Cpu).unwrap();
+        for (kernel, stride, padding) in [(3, 2, 1), (3, 2, 0), (2, 2, 0), (3, 1, 1)] {
+            let want = x
+                .pad_with_zeros(2, padding, padding)
+                .unwrap()
+                .pad_with_zeros(3, padding, padding)
+                .unwrap()
+                .avg_pool2d_with_stride(kernel, stride)
+                .unwrap();
+            let got = avg_pool_padded(&x, kernel, stride, padding).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-6, "{kernel} {stride} {padding}: {diff}");
+        }
+    }
 }

@@ -3,7 +3,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::sequential::{Builder, Step};
+use approx_hw::HwSpec;
+
+use crate::hwmap::HwMap;
+use crate::sequential::{Builder, Step, HARDTANH01};
 
 /// A built-in model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,11 +21,40 @@ pub enum ModelKind {
     LeNet5,
     /// A multilayer perceptron: 256 → ReLU → 128 → ReLU → classes.
     Mlp,
+    /// REX-SC's VGG-11 for CIFAR (§8.2): eight 3x3 convs (64, 128, 256, 256, 512,
+    /// 512, 512, 512; no bias) each with batch norm and Hardtanh(0, 1), ReLU and 2x2
+    /// average pooling closing each of the five blocks, a conv classifier `fc1` over
+    /// the remaining map and a 1-d batch norm. Initialised ×4. Inputs 32·k square.
+    Vgg11,
+    /// REX-SC's VGG-16 for CIFAR (§8.2): thirteen convs in blocks of 2, 2, 3, 3, 3,
+    /// laid out as VGG-11. Initialised ×0.5.
+    Vgg16,
+    /// ResNet-18 in torchvision's layout and names (`layer1.0.conv1.weight`, ...,
+    /// `fc.bias`) with REX-SC's activations (§8.3): 7x7/2 stem conv, batch norm,
+    /// Hardtanh(0, 1), 3x3/2 average pooling; basic blocks [2, 2, 2, 2]; global
+    /// average pooling; `fc`. The stem conv and `fc` stay exact by default (§1.4).
+    ResNet18,
+    /// ResNet-34: [`ModelKind::ResNet18`] with blocks [3, 4, 6, 3].
+    ResNet34,
+    /// ResNet-18 with the CIFAR stem: a 3x3/1 conv and no pooling.
+    ResNet18Cifar,
+    /// ResNet-34 with the CIFAR stem.
+    ResNet34Cifar,
 }
 
 impl ModelKind {
     /// Every built-in model.
-    pub const ALL: [ModelKind; 3] = [ModelKind::TinyConv, ModelKind::LeNet5, ModelKind::Mlp];
+    pub const ALL: [ModelKind; 9] = [
+        ModelKind::TinyConv,
+        ModelKind::LeNet5,
+        ModelKind::Mlp,
+        ModelKind::Vgg11,
+        ModelKind::Vgg16,
+        ModelKind::ResNet18,
+        ModelKind::ResNet34,
+        ModelKind::ResNet18Cifar,
+        ModelKind::ResNet34Cifar,
+    ];
 
     /// The name as written on the command line and in model files.
     pub fn name(self) -> &'static str {
@@ -30,6 +62,25 @@ impl ModelKind {
             ModelKind::TinyConv => "tinyconv",
             ModelKind::LeNet5 => "lenet5",
             ModelKind::Mlp => "mlp",
+            ModelKind::Vgg11 => "vgg11",
+            ModelKind::Vgg16 => "vgg16",
+            ModelKind::ResNet18 => "resnet18",
+            ModelKind::ResNet34 => "resnet34",
+            ModelKind::ResNet18Cifar => "resnet18-cifar",
+            ModelKind::ResNet34Cifar => "resnet34-cifar",
+        }
+    }
+
+    /// The layers that run on `hw` when the user names one hardware for the model: the
+    /// paper's choice (§1.4). Every conv and linear layer, except in ResNets, whose
+    /// stem conv and `fc` stay exact.
+    pub fn paper_map(self, hw: HwSpec) -> HwMap {
+        match self {
+            ModelKind::ResNet18
+            | ModelKind::ResNet34
+            | ModelKind::ResNet18Cifar
+            | ModelKind::ResNet34Cifar => HwMap::Inner(hw),
+            _ => HwMap::All(hw),
         }
     }
 
@@ -52,7 +103,7 @@ impl ModelKind {
                         .batch_norm(&format!("bn{n}"), out, quantized_bn)
                         .step(Step::Relu)
                         .step(Step::AvgPool(2))
-                        .step(Step::Hardtanh01);
+                        .step(HARDTANH01);
                     ch = out;
                 }
                 // The classifier conv covers the whole remaining map (4x4 for 32x32
@@ -86,6 +137,32 @@ impl ModelKind {
                     .step(Step::Relu)
                     .linear("fc3", (128, classes), true);
             }
+            ModelKind::Vgg11 => vgg(
+                b,
+                &[&[64], &[128], &[256, 256], &[512, 512], &[512, 512]],
+                4.0,
+                (c, h),
+                classes,
+                quantized_bn,
+            ),
+            ModelKind::Vgg16 => vgg(
+                b,
+                &[
+                    &[64, 64],
+                    &[128, 128],
+                    &[256, 256, 256],
+                    &[512, 512, 512],
+                    &[512, 512, 512],
+                ],
+                0.5,
+                (c, h),
+                classes,
+                quantized_bn,
+            ),
+            ModelKind::ResNet18 => resnet(b, &[2, 2, 2, 2], true, c, classes),
+            ModelKind::ResNet34 => resnet(b, &[3, 4, 6, 3], true, c, classes),
+            ModelKind::ResNet18Cifar => resnet(b, &[2, 2, 2, 2], false, c, classes),
+            ModelKind::ResNet34Cifar => resnet(b, &[3, 4, 6, 3], false, c, classes),
         }
     }
 
@@ -95,6 +172,9 @@ impl ModelKind {
             ModelKind::TinyConv => h == w && h >= 8 && (h / 8) * 8 == h - h % 8 && h / 8 >= 1,
             ModelKind::LeNet5 => h >= 12 && w >= 12,
             ModelKind::Mlp => true,
+            ModelKind::Vgg11 | ModelKind::Vgg16 => h == w && h >= 32 && h % 32 == 0,
+            ModelKind::ResNet18 | ModelKind::ResNet34 => h >= 32 && w >= 32,
+            ModelKind::ResNet18Cifar | ModelKind::ResNet34Cifar => h >= 8 && w >= 8,
         };
         if ok && c >= 1 {
             Ok(())
@@ -117,6 +197,101 @@ impl FromStr for ModelKind {
         ModelKind::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown model `{s}`: expected tinyconv, lenet5 or mlp"))
+            .ok_or_else(|| {
+                let names: Vec<&str> = ModelKind::ALL.iter().map(|m| m.name()).collect();
+                format!(
+                    "unknown model `{s}`: expected {} or a TOML model file",
+                    names.join(", ")
+                )
+            })
     }
+}
+
+/// REX-SC's CIFAR VGG: `blocks` of 3x3 convs (output channels), each conv followed by
+/// batch norm and Hardtanh(0, 1), the last of a block by batch norm, ReLU, 2x2 average
+/// pooling and Hardtanh(0, 1); then a conv classifier over the remaining `h/32` map
+/// and a 1-d batch norm.
+fn vgg(
+    b: &mut Builder,
+    blocks: &[&[usize]],
+    init: f32,
+    (c, h): (usize, usize),
+    classes: usize,
+    quantized_bn: bool,
+) {
+    b.init_scale(init);
+    let (mut ch, mut n) = (c, 0);
+    for block in blocks {
+        for (i, &out) in block.iter().enumerate() {
+            n += 1;
+            b.conv(&format!("conv{n}"), (ch, out), 3, 1, 1, false)
+                .batch_norm(&format!("bn{n}"), out, quantized_bn);
+            if i + 1 == block.len() {
+                b.step(Step::Relu).step(Step::AvgPool(2));
+            }
+            b.step(HARDTANH01);
+            ch = out;
+        }
+    }
+    b.conv("fc1", (ch, classes), h / 32, 1, 0, false)
+        .step(Step::Flatten)
+        .batch_norm(&format!("bn{}", n + 1), classes, quantized_bn);
+}
+
+/// A torchvision-layout ResNet of basic blocks, `blocks` per stage, with REX-SC's
+/// Hardtanh(0, 1) activations; the ImageNet stem (7x7/2 conv, 3x3/2 average pooling)
+/// when `imagenet_stem`, else a 3x3/1 conv.
+fn resnet(b: &mut Builder, blocks: &[usize; 4], imagenet_stem: bool, c: usize, classes: usize) {
+    if imagenet_stem {
+        b.conv("conv1", (c, 64), 7, 2, 3, false)
+            .batch_norm("bn1", 64, false)
+            .step(HARDTANH01)
+            .step(Step::AvgPoolPadded {
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+            });
+    } else {
+        b.conv("conv1", (c, 64), 3, 1, 1, false)
+            .batch_norm("bn1", 64, false)
+            .step(HARDTANH01);
+    }
+    let mut ch = 64;
+    for (stage, (&count, out)) in blocks.iter().zip([64, 128, 256, 512]).enumerate() {
+        for i in 0..count {
+            let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+            let p = format!("layer{}.{i}", stage + 1);
+            let (inp, down) = (ch, stride != 1 || ch != out);
+            b.residual(
+                |b| {
+                    b.conv(&format!("{p}.conv1"), (inp, out), 3, stride, 1, false)
+                        .batch_norm(&format!("{p}.bn1"), out, false)
+                        .step(HARDTANH01)
+                        .conv(&format!("{p}.conv2"), (out, out), 3, 1, 1, false)
+                        .batch_norm(&format!("{p}.bn2"), out, false);
+                },
+                |b| {
+                    if down {
+                        b.conv(
+                            &format!("{p}.downsample.0"),
+                            (inp, out),
+                            1,
+                            stride,
+                            0,
+                            false,
+                        )
+                        .batch_norm(
+                            &format!("{p}.downsample.1"),
+                            out,
+                            false,
+                        );
+                    }
+                },
+            )
+            .step(HARDTANH01);
+            ch = out;
+        }
+    }
+    b.step(Step::GlobalAvgPool)
+        .linear("fc", (ch, classes), true);
 }

@@ -76,6 +76,10 @@ fn gemm_rm(
     }
 }
 
+/// Image groups whose weight gradients are summed separately (fixed, so that results
+/// do not depend on the thread count).
+const WEIGHT_GRAD_GROUPS: usize = 8;
+
 fn forward(geo: &ConvGeometry, input: &[f32], weight: &[f32]) -> Vec<f32> {
     let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
     let mut out = vec![0f32; geo.batch * out_ch * pixels];
@@ -107,12 +111,18 @@ fn backward(
     let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
     let image = geo.in_channels * geo.in_size.0 * geo.in_size.1;
     let mut dx = vec![0f32; geo.batch * image];
-    let dw = dx
-        .par_chunks_mut(image)
+    // Weight gradients are summed in a fixed number of image groups, then the groups
+    // in order: the float sum is the same whatever the thread count or scheduling
+    // (rayon's fold/reduce splits by work stealing, which changes the rounding).
+    let per_group = geo.batch.div_ceil(WEIGHT_GRAD_GROUPS).max(1);
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(image * per_group)
         .enumerate()
-        .fold(
-            || (vec![0f32; out_ch * fan_in], vec![0f32; fan_in * pixels]),
-            |(mut dw, mut col), (n, dx)| {
+        .map(|(group, dx)| {
+            let mut dw = vec![0f32; out_ch * fan_in];
+            let mut col = vec![0f32; fan_in * pixels];
+            for (i, dx) in dx.chunks_mut(image).enumerate() {
+                let n = group * per_group + i;
                 let g = &grad[n * out_ch * pixels..][..out_ch * pixels];
                 // dX: columns Wᵀ·g, scattered back to the input positions.
                 gemm_rm(
@@ -136,17 +146,14 @@ fn backward(
                     &mut dw,
                     true,
                 );
-                (dw, col)
-            },
-        )
-        .map(|(dw, _)| dw)
-        .reduce(
-            || vec![0f32; out_ch * fan_in],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+            }
+            dw
+        })
+        .collect();
+    let mut dw = vec![0f32; out_ch * fan_in];
+    for part in partials {
+        dw.iter_mut().zip(part).for_each(|(x, y)| *x += y);
+    }
     (dx, dw)
 }
 

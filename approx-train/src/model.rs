@@ -25,6 +25,14 @@ pub trait Model: Send + Sync {
         Ok(())
     }
 
+    /// Tells the model the training step about to run (keys the noise of hardware
+    /// layers and any other per-step randomness, so runs are reproducible).
+    fn set_step(&self, step: u64) {
+        for l in self.hw_layers() {
+            l.set_step(step);
+        }
+    }
+
     /// Sets the execution mode of every hardware layer.
     fn set_mode(&self, mode: ExecMode) {
         for l in self.hw_layers() {

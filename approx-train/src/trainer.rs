@@ -357,9 +357,7 @@ pub fn train(
                     l.request_calibration();
                 }
             }
-            for l in model.hw_layers() {
-                l.set_step(state.step);
-            }
+            model.set_step(state.step);
             let (lr0, t, total) = match config.tune_lr {
                 Some(tune) if phase > 0 => (
                     tune,

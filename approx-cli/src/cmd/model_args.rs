@@ -19,7 +19,9 @@ pub struct ModelArgs {
     /// Accept a weights file that lacks some tensors (they are initialised).
     #[arg(long)]
     pub allow_missing: bool,
-    /// Hardware of every conv/linear layer, e.g. `sc:len=32,acc=or2` (see `approx hw list`).
+    /// Hardware of the model's conv/linear layers, e.g. `sc:len=32,acc=or2` (see
+    /// `approx hw list`): all of them, except a ResNet's stem conv and `fc` (the paper's
+    /// choice; `--hw-map` overrides).
     #[arg(long, default_value = "sc:len=32,acc=or2")]
     pub hw: String,
     /// Per-layer hardware instead of --hw: `LAYER=SPEC,...` (`conv1=exact,conv*=sc:len=64`);
@@ -41,7 +43,7 @@ impl ModelArgs {
                 .parse()
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("bad --hw-map `{map}`"))?,
-            None => HwMap::All(
+            None => self.model.paper_map(
                 self.hw
                     .parse::<HwSpec>()
                     .with_context(|| format!("bad --hw `{}`", self.hw))?,
