@@ -15,6 +15,7 @@
 
 pub mod hub;
 mod hwmap;
+pub mod model_file;
 mod norm;
 mod sequential;
 pub mod store;
@@ -22,8 +23,11 @@ mod zoo;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
 
 pub use hwmap::HwMap;
+pub use model_file::{Limits, ModelFile};
 pub use norm::BatchNorm;
 pub use sequential::{Builder, Residual, Sequential, Step, HARDTANH01};
 pub use store::{LoadError, ParamStore};
@@ -44,22 +48,135 @@ pub const META_CALIBRATION: &str = "approx.calibration";
 /// The input shape, `CxHxW`.
 pub const META_INPUT: &str = "approx.input";
 
+/// A model's architecture: a built-in one, or one read from a TOML model file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Architecture {
+    /// A built-in model.
+    Builtin {
+        /// Which one.
+        kind: ModelKind,
+        /// REX-SC's quantized batch norm (§1.5) instead of the float one.
+        quantized_bn: bool,
+    },
+    /// A model file.
+    File {
+        /// The parsed file.
+        file: Arc<ModelFile>,
+        /// Every batch norm quantized, whatever the file says.
+        quantized_bn: bool,
+    },
+}
+
+impl From<ModelKind> for Architecture {
+    fn from(kind: ModelKind) -> Self {
+        Architecture::Builtin {
+            kind,
+            quantized_bn: false,
+        }
+    }
+}
+
+impl From<&Architecture> for Architecture {
+    fn from(arch: &Architecture) -> Self {
+        arch.clone()
+    }
+}
+
+impl FromStr for Architecture {
+    type Err = String;
+
+    /// A built-in model's name, or the path of a model file (ending in `.toml`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.ends_with(".toml") {
+            return Ok(Architecture::File {
+                file: Arc::new(ModelFile::read(Path::new(s))?),
+                quantized_bn: false,
+            });
+        }
+        s.parse::<ModelKind>().map(Architecture::from)
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Architecture {
+    /// The same architecture with every batch norm quantized as REX-SC's (§1.5) when
+    /// `quantized`.
+    pub fn with_quantized_bn(self, quantized: bool) -> Self {
+        match self {
+            Architecture::Builtin { kind, .. } => Architecture::Builtin {
+                kind,
+                quantized_bn: quantized,
+            },
+            Architecture::File { file, .. } => Architecture::File {
+                file,
+                quantized_bn: quantized,
+            },
+        }
+    }
+
+    /// The model's name (saved as `approx.model`).
+    pub fn name(&self) -> &str {
+        match self {
+            Architecture::Builtin { kind, .. } => kind.name(),
+            Architecture::File { file, .. } => &file.name,
+        }
+    }
+
+    /// The layers that run on `hw` when one hardware is named for the model (the
+    /// paper's choice for built-in models; every layer of a model file).
+    pub fn paper_map(&self, hw: approx_hw::HwSpec) -> HwMap {
+        match self {
+            Architecture::Builtin { kind, .. } => kind.paper_map(hw),
+            Architecture::File { .. } => HwMap::All(hw),
+        }
+    }
+
+    /// Checks that the model takes `input` (C, H, W) and gives `classes` scores.
+    pub fn check(&self, input: (usize, usize, usize), classes: usize) -> Result<(), String> {
+        match self {
+            Architecture::Builtin { kind, .. } => kind.check_input(input),
+            Architecture::File { file, .. } => file.check(input, classes, Limits::default()),
+        }
+    }
+
+    fn layers(&self, b: &mut Builder, input: (usize, usize, usize), classes: usize) {
+        match self {
+            Architecture::Builtin { kind, quantized_bn } => {
+                kind.layers(b, input, classes, *quantized_bn)
+            }
+            Architecture::File { file, quantized_bn } => file.layers(b, *quantized_bn),
+        }
+    }
+}
+
 /// A fresh model (parameters initialised from `seed`).
 pub fn build(
-    kind: ModelKind,
+    arch: impl Into<Architecture>,
     input: (usize, usize, usize),
     classes: usize,
     hw: &HwMap,
     mode: ExecMode,
     seed: u64,
 ) -> Result<Sequential, LoadError> {
-    from_store(kind, ParamStore::fresh(seed), input, classes, hw, mode)
+    from_store(
+        &arch.into(),
+        ParamStore::fresh(seed),
+        input,
+        classes,
+        hw,
+        mode,
+    )
 }
 
 /// A model with its parameters from the safetensors file `path`, strictly (unless
 /// `allow_missing`), its calibration restored from the file's metadata if present.
 pub fn load(
-    kind: ModelKind,
+    arch: impl Into<Architecture>,
     path: &Path,
     input: (usize, usize, usize),
     classes: usize,
@@ -68,7 +185,7 @@ pub fn load(
     allow_missing: bool,
 ) -> Result<Sequential, LoadError> {
     let store = ParamStore::from_file(path, allow_missing, 0)?;
-    let model = from_store(kind, store, input, classes, hw, mode)?;
+    let model = from_store(&arch.into(), store, input, classes, hw, mode)?;
     let meta = store::read_metadata(path)?;
     if let Some(json) = meta.get(META_CALIBRATION) {
         let map: BTreeMap<String, Calibration> =
@@ -84,21 +201,21 @@ pub fn load(
 }
 
 fn from_store(
-    kind: ModelKind,
+    arch: &Architecture,
     store: ParamStore,
     input: (usize, usize, usize),
     classes: usize,
     hw: &HwMap,
     mode: ExecMode,
 ) -> Result<Sequential, LoadError> {
-    kind.check_input(input)
-        .map_err(|message| LoadError::Hardware {
-            layer: kind.to_string(),
+    arch.check(input, classes)
+        .map_err(|message| LoadError::Model {
+            model: arch.name().to_string(),
             message,
         })?;
     let mut b = Builder::new(store);
-    kind.layers(&mut b, input, classes, false);
-    b.finish(kind.name(), input, classes, hw, mode)
+    arch.layers(&mut b, input, classes);
+    b.finish(arch.name(), input, classes, hw, mode)
 }
 
 /// Saves `model` to `path` (atomically) with its name, hardware, input shape,

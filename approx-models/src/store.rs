@@ -20,6 +20,14 @@ pub enum LoadError {
         /// What is wrong.
         message: String,
     },
+    /// The model does not take the data's shape, or its description is invalid.
+    #[error("model `{model}`: {message}")]
+    Model {
+        /// The model.
+        model: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A layer's hardware cannot be set up (e.g. an unreadable multiplier table).
     #[error("layer `{layer}`: {message}")]
     Hardware {

@@ -2,7 +2,7 @@
 //! execution mode (float, approx-fn, inject, accurate), error-injection calibration,
 //! gradient checkpointing, schedules and the trainer. Built on `approx-hw`.
 //!
-//! A linear layer on SC hardware: its `accurate` forward is the bit-accurate
+//! A linear layer on SC hardware (OR-1 accumulation): its `accurate` forward is the bit-accurate
 //! simulation, its gradient that of the differentiable approximation.
 //!
 //! ```
@@ -12,10 +12,10 @@
 //!
 //! let dev = Device::Cpu;
 //! let w = Var::from_tensor(&(Tensor::ones((4, 8), candle_core::DType::F32, &dev)? * 0.25)?)?;
-//! let fc = HwLayer::new("fc", Layer::Linear, w.clone(), None, "sc:len=32,acc=or2".parse()?, ExecMode::Accurate)?;
+//! let fc = HwLayer::new("fc", Layer::Linear, w.clone(), None, "sc:len=32,acc=or1".parse()?, ExecMode::Accurate)?;
 //! let x = Var::from_tensor(&(Tensor::ones((2, 8), candle_core::DType::F32, &dev)? * 0.5)?)?;
 //! let y = fc.forward(x.as_tensor())?;
-//! // Eight products of 0.5 · 0.25 through OR-2 accumulation: below the exact sum of 1.
+//! // Eight products of 0.5 · 0.25 ORed into one stream: below the exact sum of 1.
 //! let sum = y.flatten_all()?.to_vec1::<f32>()?[0];
 //! assert!(sum > 0.5 && sum < 1.0, "{sum}");
 //! let grads = y.sum_all()?.backward()?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use approx_hw::HwSpec;
-use approx_models::{load, HwMap, ModelKind};
+use approx_models::{load, Architecture};
 use approx_train::mode::ExecMode;
 use approx_train::trainer::on_large_stack;
 
@@ -20,9 +20,12 @@ use super::data::DataArgs;
     after_help = "Examples:\n  approx eval --weights approx-out/model.safetensors\n  approx eval --weights approx-out/pretrained.safetensors --hw exact --hw sc:len=32,acc=or2 --hw sc:len=64,acc=or1 --json sweep.json"
 )]
 pub struct Args {
-    /// Model: `tinyconv`, `lenet5` or `mlp`.
+    /// Model: a built-in name (see `approx finetune --help`) or a TOML model file.
     #[arg(long, default_value = "tinyconv")]
-    model: ModelKind,
+    model: Architecture,
+    /// REX-SC's quantized batch norm for every batch norm of the model.
+    #[arg(long)]
+    quantized_bn: bool,
     /// Safetensors weights to evaluate: a path, or `hf://ORG/NAME[@REV]/FILE` from the
     /// local Hugging Face cache.
     #[arg(long)]
@@ -77,11 +80,11 @@ pub fn run(args: Args) -> Result<()> {
     let mut rows = Vec::new();
     for spec in specs {
         let model = load(
-            args.model,
+            args.model.clone().with_quantized_bn(args.quantized_bn),
             &weights,
             test.shape,
             test.classes,
-            &HwMap::All(spec.clone()),
+            &args.model.paper_map(spec.clone()),
             mode,
             false,
         )

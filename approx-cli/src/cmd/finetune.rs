@@ -145,7 +145,7 @@ fn job(
     if args.model.weights.is_none() {
         if args.resume && pretrained_path.is_file() {
             let loaded = approx_models::load(
-                args.model.model,
+                args.model.architecture(),
                 &pretrained_path,
                 train_set.shape,
                 train_set.classes,

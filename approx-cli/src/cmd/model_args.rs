@@ -3,15 +3,20 @@
 
 use anyhow::{Context, Result};
 use approx_hw::HwSpec;
-use approx_models::{build, load, HwMap, ModelKind, Sequential};
+use approx_models::{build, load, Architecture, HwMap, Sequential};
 use approx_train::mode::ExecMode;
 
 /// Model, weights and hardware options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
-    /// Model: `tinyconv`, `lenet5` or `mlp`.
+    /// Model: `tinyconv`, `lenet5`, `mlp`, `vgg11`, `vgg16`, `resnet18`, `resnet34`,
+    /// `resnet18-cifar`, `resnet34-cifar`, or a TOML model file (`my-net.toml`).
     #[arg(long, default_value = "tinyconv")]
-    pub model: ModelKind,
+    pub model: Architecture,
+    /// REX-SC's quantized batch norm (a power-of-two scale and 8-bit affine map) for
+    /// every batch norm of the model.
+    #[arg(long)]
+    pub quantized_bn: bool,
     /// Safetensors weights with PyTorch names: a path, or `hf://ORG/NAME[@REV]/FILE`
     /// from the local Hugging Face cache (default: train from scratch).
     #[arg(long)]
@@ -36,6 +41,11 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The architecture with the batch-norm option applied.
+    pub fn architecture(&self) -> Architecture {
+        self.model.clone().with_quantized_bn(self.quantized_bn)
+    }
+
     /// The hardware map these options describe.
     pub fn hw_map(&self) -> Result<HwMap> {
         Ok(match &self.hw_map {
@@ -66,7 +76,7 @@ impl ModelArgs {
                 let path = approx_models::hub::resolve(weights)
                     .with_context(|| format!("--weights `{weights}`"))?;
                 load(
-                    self.model,
+                    self.architecture(),
                     &path,
                     input,
                     classes,
@@ -76,7 +86,7 @@ impl ModelArgs {
                 )
                 .with_context(|| format!("loading --weights for model `{}`", self.model))?
             }
-            None => build(self.model, input, classes, hw, mode, seed)?,
+            None => build(self.architecture(), input, classes, hw, mode, seed)?,
         };
         model.set_checkpoint_segments(self.checkpoint_segments);
         Ok(model)
