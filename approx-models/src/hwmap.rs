@@ -38,6 +38,17 @@ impl HwMap {
     }
 }
 
+impl HwMap {
+    /// The hardware of the activation-by-activation matmul `name` (attention's
+    /// `Q·Kᵀ` and `A·V`): exact unless a [`HwMap::Map`] pattern matches it.
+    pub fn resolve_activation_matmul(&self, name: &str) -> HwSpec {
+        match self {
+            HwMap::Map(_) => self.resolve(name, 0, 0),
+            HwMap::All(_) | HwMap::Inner(_) => HwSpec::Exact,
+        }
+    }
+}
+
 impl FromStr for HwMap {
     type Err = String;
 

@@ -13,6 +13,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod attention;
 pub mod hub;
 mod hwmap;
 pub mod model_file;
@@ -26,6 +27,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
+pub use attention::{ActivationMatmul, LayerNorm, SelfAttention, Tokens};
 pub use hwmap::HwMap;
 pub use model_file::{Limits, ModelFile};
 pub use norm::BatchNorm;

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use approx_hw::rng::mix;
 use rand::{Rng, SeedableRng};
@@ -17,6 +17,7 @@ use approx_train::recompute::{Pass, Recompute};
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
+use crate::attention::{ActivationMatmul, LayerNorm, SelfAttention, Tokens};
 use crate::hwmap::HwMap;
 use crate::norm::BatchNorm;
 use crate::store::{Init, LoadError, ParamStore};
@@ -64,6 +65,16 @@ pub enum Step {
     },
     /// A residual block: `body(x) + shortcut(x)`.
     Residual(Box<Residual>),
+    /// Layer normalisation over the last dimension.
+    LayerNorm(LayerNorm),
+    /// Patch features `[N, D, h, w]` to tokens `[N, 1 + h·w, D]`.
+    Tokens(Tokens),
+    /// Multi-head self-attention, `[N, T, 3·D]` to `[N, T, D]`.
+    SelfAttention(Box<SelfAttention>),
+    /// GELU (the exact, erf form).
+    Gelu,
+    /// The class token: `[N, T, D]` to `[N, D]`.
+    ClassToken,
 }
 
 /// The two paths of a residual block.
@@ -89,6 +100,10 @@ struct PendingLayer {
 enum Pending {
     Layer(PendingLayer),
     Other(Step),
+    Attention {
+        prefix: String,
+        heads: usize,
+    },
     Residual {
         body: Vec<Pending>,
         shortcut: Vec<Pending>,
@@ -99,7 +114,7 @@ impl Pending {
     fn layers(&self) -> usize {
         match self {
             Pending::Layer(_) => 1,
-            Pending::Other(_) => 0,
+            Pending::Other(_) | Pending::Attention { .. } => 0,
             Pending::Residual { body, shortcut } => {
                 body.iter().chain(shortcut).map(Pending::layers).sum()
             }
@@ -197,6 +212,29 @@ impl Builder {
         self
     }
 
+    /// A layer norm `name` over `dim` features.
+    pub fn layer_norm(&mut self, name: &str, dim: usize) -> &mut Self {
+        let norm = LayerNorm::new(&mut self.store, name, dim);
+        self.step(Step::LayerNorm(norm))
+    }
+
+    /// The class token and position embedding of `patches` patches of `dim` features.
+    pub fn tokens(&mut self, dim: usize, patches: usize) -> &mut Self {
+        let tokens = Tokens::new(&mut self.store, dim, patches);
+        self.step(Step::Tokens(tokens))
+    }
+
+    /// Self-attention with `heads` heads; its activation matmuls are named
+    /// `{prefix}.qk` and `{prefix}.av` in hardware maps (exact unless a map names
+    /// them).
+    pub fn self_attention(&mut self, prefix: &str, heads: usize) -> &mut Self {
+        self.steps.push(Pending::Attention {
+            prefix: prefix.to_string(),
+            heads,
+        });
+        self
+    }
+
     /// Inverted dropout with drop probability `p` (a fresh mask per training step).
     pub fn dropout(&mut self, p: f32) -> &mut Self {
         let key = self.steps.len() as u64;
@@ -244,6 +282,7 @@ impl Builder {
             segments: Vec::new(),
             recompute: Recompute::default(),
             step: AtomicU64::new(0),
+            mode: Mutex::new(mode),
         })
     }
 }
@@ -257,6 +296,8 @@ impl Step {
                 .cloned()
                 .collect(),
             Step::BatchNorm(bn) => bn.params().into_iter().cloned().collect(),
+            Step::LayerNorm(ln) => ln.params().into_iter().cloned().collect(),
+            Step::Tokens(t) => t.params().into_iter().cloned().collect(),
             Step::Residual(r) => r
                 .body
                 .iter()
@@ -284,7 +325,19 @@ impl Step {
     /// Applies the step to `h`.
     fn forward(&self, h: &Tensor, ctx: Ctx) -> Result<Tensor> {
         match self {
+            Step::Hw(l) if h.rank() == 3 => {
+                // A linear layer applied to every token.
+                let (n, t, d) = h.dims3()?;
+                let y = l.forward(&h.reshape((n * t, d))?)?;
+                let out = y.dim(1)?;
+                y.reshape((n, t, out))
+            }
             Step::Hw(l) => l.forward(h),
+            Step::LayerNorm(ln) => ln.forward(h),
+            Step::Tokens(t) => t.forward(h),
+            Step::SelfAttention(a) => a.forward(h, ctx.mode),
+            Step::Gelu => h.gelu_erf(),
+            Step::ClassToken => h.narrow(1, 0, 1)?.squeeze(1),
             Step::BatchNorm(bn) => {
                 bn.forward_with(h, ctx.train, ctx.train && ctx.pass == Pass::Forward)
             }
@@ -351,6 +404,18 @@ fn resolve(
                     })?;
                 Step::Hw(Box::new(layer))
             }
+            Pending::Attention { prefix, heads } => {
+                let matmul = |suffix: &str| {
+                    let name = format!("{prefix}.{suffix}");
+                    let spec = hw.resolve_activation_matmul(&name);
+                    ActivationMatmul::new(name, spec)
+                };
+                Step::SelfAttention(Box::new(SelfAttention::new(
+                    heads,
+                    matmul("qk"),
+                    matmul("av"),
+                )))
+            }
             Pending::Residual { body, shortcut } => {
                 let body = resolve(body, hw, mode, index, count)?;
                 let shortcut = resolve(shortcut, hw, mode, index, count)?;
@@ -375,6 +440,8 @@ struct Ctx {
     pass: Pass,
     /// The training step (keys dropout masks).
     step: u64,
+    /// The model's execution mode (for steps that are not hardware layers).
+    mode: ExecMode,
 }
 
 /// A model that applies its steps in order.
@@ -389,6 +456,8 @@ pub struct Sequential {
     recompute: Recompute,
     /// The training step (keys dropout masks).
     step: AtomicU64,
+    /// The execution mode last set for the whole model.
+    mode: Mutex<ExecMode>,
 }
 
 impl Sequential {
@@ -446,6 +515,7 @@ impl Model for Sequential {
             train,
             pass: Pass::Forward,
             step: self.step.load(Ordering::Relaxed),
+            mode: *self.mode.lock().unwrap_or_else(|e| e.into_inner()),
         };
         if !train || self.segments.is_empty() {
             return run(&self.steps, x, ctx);
@@ -478,6 +548,13 @@ impl Model for Sequential {
 
     fn named_vars(&self) -> Vec<(String, Var)> {
         self.vars.clone()
+    }
+
+    fn set_mode(&self, mode: ExecMode) {
+        *self.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+        for l in self.hw_layers() {
+            l.set_mode(mode);
+        }
     }
 
     fn set_step(&self, step: u64) {

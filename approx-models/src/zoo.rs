@@ -43,11 +43,19 @@ pub enum ModelKind {
     ResNet18Cifar,
     /// ResNet-34 with the CIFAR stem.
     ResNet34Cifar,
+    /// A small Vision Transformer with timm's tensor names: 4x4 patches embedded to
+    /// 64 features (`patch_embed.proj`), a class token and position embedding, four
+    /// pre-norm encoder blocks (4-head self-attention, MLP 64 → 128 → 64 with GELU),
+    /// a final layer norm and a linear `head` on the class token. Every conv and
+    /// linear layer runs on the hardware; attention's `Q·Kᵀ` and `A·V`
+    /// (`blocks.N.attn.qk`, `blocks.N.attn.av`) stay exact unless `--hw-map` names
+    /// them.
+    Vit,
 }
 
 impl ModelKind {
     /// Every built-in model.
-    pub const ALL: [ModelKind; 9] = [
+    pub const ALL: [ModelKind; 10] = [
         ModelKind::TinyConv,
         ModelKind::LeNet5,
         ModelKind::Mlp,
@@ -57,6 +65,7 @@ impl ModelKind {
         ModelKind::ResNet34,
         ModelKind::ResNet18Cifar,
         ModelKind::ResNet34Cifar,
+        ModelKind::Vit,
     ];
 
     /// The name as written on the command line and in model files.
@@ -71,6 +80,7 @@ impl ModelKind {
             ModelKind::ResNet34 => "resnet34",
             ModelKind::ResNet18Cifar => "resnet18-cifar",
             ModelKind::ResNet34Cifar => "resnet34-cifar",
+            ModelKind::Vit => "vit",
         }
     }
 
@@ -165,6 +175,7 @@ impl ModelKind {
             ModelKind::ResNet34 => resnet(b, &[3, 4, 6, 3], true, c, classes),
             ModelKind::ResNet18Cifar => resnet(b, &[2, 2, 2, 2], false, c, classes),
             ModelKind::ResNet34Cifar => resnet(b, &[3, 4, 6, 3], false, c, classes),
+            ModelKind::Vit => vit(b, (c, h, w), classes),
         }
     }
 
@@ -177,11 +188,29 @@ impl ModelKind {
             ModelKind::Vgg11 | ModelKind::Vgg16 => h == w && h >= 32 && h % 32 == 0,
             ModelKind::ResNet18 | ModelKind::ResNet34 => h >= 32 && w >= 32,
             ModelKind::ResNet18Cifar | ModelKind::ResNet34Cifar => h >= 8 && w >= 8,
+            ModelKind::Vit => {
+                h >= VIT_PATCH && w >= VIT_PATCH && h % VIT_PATCH == 0 && w % VIT_PATCH == 0
+            }
         };
         if ok && c >= 1 {
             Ok(())
         } else {
-            Err(format!("model `{self}` does not take {c}x{h}x{w} inputs"))
+            let needs = match self {
+                ModelKind::TinyConv => "square inputs of side 8 or more",
+                ModelKind::LeNet5 => "inputs of 12x12 pixels or more",
+                ModelKind::Mlp => "inputs with at least one channel",
+                ModelKind::Vgg11 | ModelKind::Vgg16 => {
+                    "square inputs whose side is a multiple of 32, e.g. CIFAR-10 (--data cifar10:DIR)"
+                }
+                ModelKind::ResNet18 | ModelKind::ResNet34 => "inputs of 32x32 pixels or more",
+                ModelKind::ResNet18Cifar | ModelKind::ResNet34Cifar => {
+                    "inputs of 8x8 pixels or more"
+                }
+                ModelKind::Vit => "sides that are multiples of the 4-pixel patch",
+            };
+            Err(format!(
+                "does not take {c}x{h}x{w} inputs: it needs {needs}"
+            ))
         }
     }
 }
@@ -296,4 +325,39 @@ fn resnet(b: &mut Builder, blocks: &[usize; 4], imagenet_stem: bool, c: usize, c
     }
     b.step(Step::GlobalAvgPool)
         .linear("fc", (ch, classes), true);
+}
+
+/// Patch side of [`ModelKind::Vit`], pixels.
+const VIT_PATCH: usize = 4;
+
+/// The small Vision Transformer of [`ModelKind::Vit`].
+fn vit(b: &mut Builder, (c, h, w): (usize, usize, usize), classes: usize) {
+    let (dim, depth, heads, hidden) = (64, 4, 4, 128);
+    let patches = (h / VIT_PATCH) * (w / VIT_PATCH);
+    b.conv("patch_embed.proj", (c, dim), VIT_PATCH, VIT_PATCH, 0, true)
+        .tokens(dim, patches);
+    for i in 0..depth {
+        let p = format!("blocks.{i}");
+        b.residual(
+            |b| {
+                b.layer_norm(&format!("{p}.norm1"), dim)
+                    .linear(&format!("{p}.attn.qkv"), (dim, 3 * dim), true)
+                    .self_attention(&format!("{p}.attn"), heads)
+                    .linear(&format!("{p}.attn.proj"), (dim, dim), true);
+            },
+            |_| {},
+        )
+        .residual(
+            |b| {
+                b.layer_norm(&format!("{p}.norm2"), dim)
+                    .linear(&format!("{p}.mlp.fc1"), (dim, hidden), true)
+                    .step(Step::Gelu)
+                    .linear(&format!("{p}.mlp.fc2"), (hidden, dim), true);
+            },
+            |_| {},
+        );
+    }
+    b.layer_norm("norm", dim)
+        .step(Step::ClassToken)
+        .linear("head", (dim, classes), true);
 }

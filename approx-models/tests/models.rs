@@ -371,3 +371,39 @@ fn a_torchvision_resnet18_checkpoint_loads_strictly() {
         "{err}"
     );
 }
+
+#[test]
+fn vit_attention_matmuls_are_exact_unless_a_map_names_them() {
+    let shape = (1, 28, 28);
+    let x = input(shape, 2);
+    let all = HwMap::All("mult:design=drum4".parse().unwrap());
+    let net = build(ModelKind::Vit, shape, 10, &all, ExecMode::Accurate, 1).unwrap();
+    assert_eq!(net.hw_layers().len(), 1 + 4 * 4 + 1);
+    let mapped: HwMap =
+        "blocks.*=mult:design=drum4,patch_embed.*=mult:design=drum4,head=mult:design=drum4"
+            .parse()
+            .unwrap();
+    let with_matmuls = build(ModelKind::Vit, shape, 10, &mapped, ExecMode::Accurate, 1).unwrap();
+    // Same layers on the same hardware; only the attention matmuls differ.
+    for (a, b) in net.hw_layers().iter().zip(with_matmuls.hw_layers()) {
+        assert_eq!(a.hw(), b.hw(), "{}", a.name());
+    }
+    let y_exact_attention = flat(&net.forward(&x, false).unwrap());
+    let y = with_matmuls.forward(&x, true).unwrap();
+    assert_ne!(
+        flat(&y),
+        y_exact_attention,
+        "mapped matmuls change the output"
+    );
+    let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    for l in with_matmuls.hw_layers() {
+        assert!(grads.get(l.weight()).is_some(), "{}", l.name());
+    }
+    // In float mode both are the float model.
+    net.set_mode(ExecMode::Float);
+    with_matmuls.set_mode(ExecMode::Float);
+    assert_eq!(
+        flat(&net.forward(&x, false).unwrap()),
+        flat(&with_matmuls.forward(&x, false).unwrap())
+    );
+}
