@@ -140,23 +140,37 @@ fn loading_errors_name_every_offending_tensor() {
         "{err}"
     );
 
-    // f16 converts on load.
-    let half: Vec<(&str, Tensor)> = good
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.to_dtype(DType::F16).unwrap()))
-        .collect();
+    // f16 and bf16 convert on load, to the values the half-precision file holds.
     let path16 = dir.path().join("half.safetensors");
-    write(&path16, &half);
-    assert!(load(
-        ModelKind::Mlp,
-        &path16,
-        shape,
-        10,
-        &hw,
-        ExecMode::Float,
-        false
-    )
-    .is_ok());
+    for dtype in [DType::BF16, DType::F16] {
+        let half: Vec<(&str, Tensor)> = good
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.to_dtype(dtype).unwrap()))
+            .collect();
+        write(&path16, &half);
+        let net = load(
+            ModelKind::Mlp,
+            &path16,
+            shape,
+            10,
+            &hw,
+            ExecMode::Float,
+            false,
+        )
+        .unwrap();
+        let loaded: BTreeMap<String, Tensor> = net
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
+        for (name, t) in &half {
+            assert_eq!(
+                flat(&loaded[*name]),
+                flat(&t.to_dtype(DType::F32).unwrap()),
+                "{dtype:?} {name}"
+            );
+        }
+    }
 
     // Truncated and non-safetensors files.
     let bytes = std::fs::read(&path16).unwrap();

@@ -6,11 +6,23 @@ use approx_hw::HwSpec;
 use approx_models::{build, load, Architecture, HwMap, Sequential};
 use approx_train::mode::ExecMode;
 
+/// The layers `--hw` applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HwLayers {
+    /// The paper's choice: every conv and linear layer, but a ResNet's stem and `fc`.
+    Paper,
+    /// Every conv and linear layer.
+    All,
+    /// Every conv and linear layer but the first and the last.
+    Inner,
+}
+
 /// Model, weights and hardware options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
     /// Model: `tinyconv`, `lenet5`, `mlp`, `vgg11`, `vgg16`, `resnet18`, `resnet34`,
-    /// `resnet18-cifar`, `resnet34-cifar`, or a TOML model file (`my-net.toml`).
+    /// `resnet18-cifar`, `resnet34-cifar`, `vit`, or a TOML model file (`my-net.toml`, see
+    /// examples/lenet5.toml).
     #[arg(long, default_value = "tinyconv")]
     pub model: Architecture,
     /// REX-SC's quantized batch norm (a power-of-two scale and 8-bit affine map) for
@@ -24,13 +36,16 @@ pub struct ModelArgs {
     /// Accept a weights file that lacks some tensors (they are initialised).
     #[arg(long)]
     pub allow_missing: bool,
-    /// Hardware of the model's conv/linear layers, e.g. `sc:len=32,acc=or2` (see
-    /// `approx hw list`): all of them, except a ResNet's stem conv and `fc` (the paper's
-    /// choice; `--hw-map` overrides).
+    /// Hardware of the model's conv/linear layers (those --hw-layers picks), e.g.
+    /// `sc:len=32,acc=or2` (see `approx hw list`).
     #[arg(long, default_value = "sc:len=32,acc=or2")]
     pub hw: String,
+    /// Which layers --hw applies to; the others are exact.
+    #[arg(long, value_enum, default_value_t = HwLayers::Paper)]
+    pub hw_layers: HwLayers,
     /// Per-layer hardware instead of --hw: `LAYER=SPEC,...` (`conv1=exact,conv*=sc:len=64`);
-    /// unmatched layers are exact.
+    /// unmatched layers are exact. A ViT's attention matmuls are `blocks.N.attn.qk` and
+    /// `blocks.N.attn.av`.
     #[arg(long, conflicts_with = "hw")]
     pub hw_map: Option<String>,
     /// Gradient checkpointing in training: split the model into this many blocks that
@@ -53,11 +68,17 @@ impl ModelArgs {
                 .parse()
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("bad --hw-map `{map}`"))?,
-            None => self.model.paper_map(
-                self.hw
+            None => {
+                let spec = self
+                    .hw
                     .parse::<HwSpec>()
-                    .with_context(|| format!("bad --hw `{}`", self.hw))?,
-            ),
+                    .with_context(|| format!("bad --hw `{}`", self.hw))?;
+                match self.hw_layers {
+                    HwLayers::Paper => self.model.paper_map(spec),
+                    HwLayers::All => HwMap::All(spec),
+                    HwLayers::Inner => HwMap::Inner(spec),
+                }
+            }
         })
     }
 
