@@ -210,7 +210,7 @@ pub fn learning_curves(path: &Path, c: &Curves) -> Result<()> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::LowerLeft)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font((FONT, 16))

@@ -745,3 +745,51 @@ fn pretrain_then_finetune_from_its_weights() {
     );
     assert_eq!(report["pretrain_epochs"], 0);
 }
+
+#[test]
+fn bench_train_compares_baseline_accelerated_and_float() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let o = approx(&[
+        "bench",
+        "train",
+        "--model",
+        "mlp",
+        "--train-images",
+        "128",
+        "--test-images",
+        "64",
+        "--pretrain-epochs",
+        "1",
+        "--epochs",
+        "2",
+        "--schedule",
+        "inject:1,accurate:1",
+        "--batch",
+        "32",
+        "--out",
+        dir.path().join("runs").to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("speed-up"));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for run in ["baseline", "accelerated", "float"] {
+        assert!(r[run]["wall_seconds"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r[run]["peak_rss_bytes"].as_u64().is_some() || r[run]["peak_rss_bytes"].is_null());
+    }
+    for run in ["baseline", "accelerated"] {
+        let a = r[run]["hw_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a), "{r}");
+    }
+    assert!(r["float"].get("hw_accuracy").is_none());
+    assert!(r["baseline"]["schedule"]
+        .as_str()
+        .unwrap()
+        .starts_with("accurate:1"));
+    let speedup = r["speedup"].as_f64().unwrap();
+    let ratio = r["baseline"]["wall_seconds"].as_f64().unwrap()
+        / r["accelerated"]["wall_seconds"].as_f64().unwrap();
+    assert!((speedup - ratio).abs() < 1e-9);
+}

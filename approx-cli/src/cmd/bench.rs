@@ -25,6 +25,9 @@ enum BenchCommand {
         after_help = "Example:\n  approx bench kernels --hw sc:len=64,acc=or1 --hw sc:len=64,acc=exact --json"
     )]
     Kernels(KernelArgs),
+    /// Time the same fine-tune as the baseline (bit-accurate every step), the
+    /// accelerated schedule and float training, with peak memory and accuracy.
+    Train(super::bench_train::Args),
 }
 
 /// Arguments of `approx bench kernels`.
@@ -88,7 +91,10 @@ fn time_ms(f: &mut impl FnMut() -> Result<Tensor>) -> Result<f64> {
 
 /// Runs `approx bench`.
 pub fn run(args: Args) -> Result<()> {
-    let BenchCommand::Kernels(args) = args.command;
+    let args = match args.command {
+        BenchCommand::Kernels(args) => args,
+        BenchCommand::Train(args) => return super::bench_train::run(args),
+    };
     let hw: Vec<String> = if args.hw.is_empty() {
         DEFAULT_HW.iter().map(|s| s.to_string()).collect()
     } else {

@@ -1,6 +1,7 @@
 //! One module per `approx` subcommand, plus the options they share.
 
 pub mod bench;
+pub mod bench_train;
 pub mod data;
 pub mod eval;
 pub mod finetune;
