@@ -27,7 +27,7 @@ enum BenchCommand {
     Kernels(KernelArgs),
     /// Time the same fine-tune as the baseline (bit-accurate every step), the
     /// accelerated schedule and float training, with peak memory and accuracy.
-    Train(super::bench_train::Args),
+    Train(Box<super::bench_train::Args>),
 }
 
 /// Arguments of `approx bench kernels`.
@@ -93,7 +93,7 @@ fn time_ms(f: &mut impl FnMut() -> Result<Tensor>) -> Result<f64> {
 pub fn run(args: Args) -> Result<()> {
     let args = match args.command {
         BenchCommand::Kernels(args) => args,
-        BenchCommand::Train(args) => return super::bench_train::run(args),
+        BenchCommand::Train(args) => return super::bench_train::run(*args),
     };
     let hw: Vec<String> = if args.hw.is_empty() {
         DEFAULT_HW.iter().map(|s| s.to_string()).collect()
