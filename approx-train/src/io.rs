@@ -107,16 +107,32 @@ fn sorted_header(encoded: Vec<u8>) -> Result<Vec<u8>, String> {
 
 /// Peak resident memory of this process in bytes (`VmHWM`), where the OS reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+/// Resident memory of this process now (`VmRSS`) in bytes, where the OS reports it.
+pub fn rss_bytes() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
+/// A `kB` field of `/proc/self/status`, in bytes.
+fn status_bytes(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
 /// Resets the peak resident memory to the current value (Linux `clear_refs`), so a
-/// following [`peak_rss_bytes`] measures one phase. Returns whether it worked.
+/// following [`peak_rss_bytes`] measures one phase. Returns whether it worked: some
+/// kernels and sandboxes accept the write and keep the old peak, which is checked.
 pub fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+    if std::fs::write("/proc/self/clear_refs", "5").is_err() {
+        return false;
+    }
+    match (peak_rss_bytes(), rss_bytes()) {
+        (Some(peak), Some(now)) => peak <= now + (4 << 20),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -4,18 +4,19 @@
 //! checkpointing) and plain float training — with wall time, peak memory and final
 //! bit-accurate accuracy of each.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use approx_hw::HwSpec;
 use approx_models::{save, HwMap, Sequential};
 use approx_train::data::Dataset;
-use approx_train::io::{peak_rss_bytes, reset_peak_rss, write_atomic};
+use approx_train::io::{peak_rss_bytes, write_atomic};
 use approx_train::mode::ExecMode;
 use approx_train::schedule::Phases;
 use approx_train::trainer::{evaluate, on_large_stack, train};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::data::DataArgs;
 use super::finetune::{train_config, STOP};
@@ -59,15 +60,21 @@ pub struct Args {
     /// Also write the record as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Internal: run only this one of `baseline`, `accelerated`, `float` from --weights
+    /// and write its record to --json (each run is measured in a fresh process, so
+    /// that its peak memory is its own).
+    #[arg(long, hide = true)]
+    only: Option<String>,
 }
 
 /// One measured run.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct RunRecord {
     schedule: String,
     checkpoint_segments: usize,
     wall_seconds: f64,
-    /// Peak resident memory during the run (training and the final evaluation), bytes.
+    /// Peak resident memory of the process that ran it (data, model, training and the
+    /// final evaluation), bytes.
     peak_rss_bytes: Option<u64>,
     /// Final bit-accurate test accuracy (fraction); absent for the float run.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,7 +114,19 @@ pub fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create output folder `{}`", args.out.display()))?;
     let (train_set, test_set) = args.data.load()?;
-    let record = on_large_stack(|| bench(&args, &hw, &train_set, &test_set))?;
+    if let Some(label) = &args.only {
+        let start = args
+            .model
+            .weights
+            .as_deref()
+            .context("--only needs --weights")?;
+        let json = args.json.as_ref().context("--only needs --json")?;
+        let run =
+            on_large_stack(|| measure(&args, Path::new(start), label, &train_set, &test_set, &hw))?;
+        write_atomic(json, serde_json::to_string_pretty(&run)?.as_bytes())?;
+        return Ok(());
+    }
+    let record = on_large_stack(|| bench(&args, &hw, &train_set))?;
     println!(
         "{:<12} {:>10} {:>12} {:>14} {:>12}",
         "run", "wall s", "peak MiB", "hw accuracy", "float acc."
@@ -139,7 +158,7 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn bench(args: &Args, hw: &HwMap, train_set: &Dataset, test_set: &Dataset) -> Result<Record> {
+fn bench(args: &Args, hw: &HwMap, train_set: &Dataset) -> Result<Record> {
     let start = match &args.model.weights {
         Some(w) => approx_models::hub::resolve(w).with_context(|| format!("--weights `{w}`"))?,
         None => {
@@ -160,43 +179,9 @@ fn bench(args: &Args, hw: &HwMap, train_set: &Dataset, test_set: &Dataset) -> Re
             path
         }
     };
-    let measure = |label: &'static str, phases: Phases, segments: usize| -> Result<RunRecord> {
-        let mut model = build(args, Some(&start), train_set, hw, ExecMode::Float)?;
-        model.set_checkpoint_segments(segments);
-        let cfg = train_config(
-            (args.batch, args.seed, None),
-            args.epochs,
-            phases.clone(),
-            args.lr,
-            args.out.join(format!("{label}-checkpoint.safetensors")),
-        );
-        let measured_memory = reset_peak_rss();
-        let started = Instant::now();
-        let mut bars = TrainProgress::new(label);
-        train(&model, train_set, None, &cfg, false, &STOP, &mut |e| {
-            bars.on_event(e)
-        })?;
-        let hw_accuracy = (label != "float")
-            .then(|| evaluate(&model, test_set, ExecMode::Accurate, args.batch))
-            .transpose()?;
-        let wall_seconds = started.elapsed().as_secs_f64();
-        let float_accuracy = evaluate(&model, test_set, ExecMode::Float, args.batch)?;
-        Ok(RunRecord {
-            schedule: phases.to_string(),
-            checkpoint_segments: segments,
-            wall_seconds,
-            peak_rss_bytes: if measured_memory {
-                peak_rss_bytes()
-            } else {
-                None
-            },
-            hw_accuracy,
-            float_accuracy,
-        })
-    };
-    let baseline = measure("baseline", Phases::single(ExecMode::Accurate), 0)?;
-    let accelerated = measure("accelerated", args.schedule.clone(), args.segments)?;
-    let float = measure("float", Phases::single(ExecMode::Float), 0)?;
+    let baseline = in_child(args, &start, "baseline")?;
+    let accelerated = in_child(args, &start, "accelerated")?;
+    let float = in_child(args, &start, "float")?;
     Ok(Record {
         model: args.model.model.to_string(),
         hw: hw.to_string(),
@@ -212,10 +197,94 @@ fn bench(args: &Args, hw: &HwMap, train_set: &Dataset, test_set: &Dataset) -> Re
     })
 }
 
+/// The schedule and checkpointed segments of run `label`.
+fn plan(args: &Args, label: &str) -> Result<(Phases, usize)> {
+    Ok(match label {
+        "baseline" => (Phases::single(ExecMode::Accurate), 0),
+        "accelerated" => (args.schedule.clone(), args.segments),
+        "float" => (Phases::single(ExecMode::Float), 0),
+        other => bail!("unknown run `{other}`: expected baseline, accelerated or float"),
+    })
+}
+
+/// Measures run `label` from the weights `start` in this process.
+fn measure(
+    args: &Args,
+    start: &Path,
+    label: &str,
+    train_set: &Dataset,
+    test_set: &Dataset,
+    hw: &HwMap,
+) -> Result<RunRecord> {
+    let (phases, segments) = plan(args, label)?;
+    let started = Instant::now();
+    let mut model = build(args, Some(start), train_set, hw, ExecMode::Float)?;
+    model.set_checkpoint_segments(segments);
+    let cfg = train_config(
+        (args.batch, args.seed, None),
+        args.epochs,
+        phases.clone(),
+        args.lr,
+        args.out.join(format!("{label}-checkpoint.safetensors")),
+    );
+    let mut bars = TrainProgress::new("run");
+    train(&model, train_set, None, &cfg, false, &STOP, &mut |e| {
+        bars.on_event(e)
+    })?;
+    let hw_accuracy = (label != "float")
+        .then(|| evaluate(&model, test_set, ExecMode::Accurate, args.batch))
+        .transpose()?;
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let float_accuracy = evaluate(&model, test_set, ExecMode::Float, args.batch)?;
+    Ok(RunRecord {
+        schedule: phases.to_string(),
+        checkpoint_segments: segments,
+        wall_seconds,
+        peak_rss_bytes: peak_rss_bytes(),
+        hw_accuracy,
+        float_accuracy,
+    })
+}
+
+/// Runs `label` in a fresh `approx` process with this command's arguments and reads
+/// its record.
+fn in_child(args: &Args, start: &Path, label: &str) -> Result<RunRecord> {
+    let record = args.out.join(format!("{label}.json"));
+    // This command's own arguments, less those the child gets anew.
+    let mut argv: Vec<String> = Vec::new();
+    let mut skip = false;
+    for a in std::env::args().skip(1) {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if a == "--weights" || a == "--json" {
+            skip = true;
+        } else if !a.starts_with("--weights=") && !a.starts_with("--json=") {
+            argv.push(a);
+        }
+    }
+    tracing::info!("{label} run");
+    let status = Command::new(std::env::current_exe()?)
+        .args(&argv)
+        .arg("--weights")
+        .arg(start)
+        .arg("--json")
+        .arg(&record)
+        .args(["--only", label])
+        .status()
+        .context("cannot start a child `approx` process")?;
+    if !status.success() {
+        bail!("the {label} run failed ({status})");
+    }
+    let text = std::fs::read_to_string(&record)
+        .with_context(|| format!("reading `{}`", record.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
 /// The model of `args`, fresh or with the weights at `weights`.
 fn build(
     args: &Args,
-    weights: Option<&PathBuf>,
+    weights: Option<&Path>,
     data: &Dataset,
     hw: &HwMap,
     mode: ExecMode,

@@ -1,0 +1,138 @@
+//! Peak memory of one `accurate` training step (forward, backward, Adam) on
+//! `sc:len=64,acc=or2`, TinyConv and VGG-16 on CIFAR-shaped inputs, without and with
+//! gradient checkpointing (one block per hardware layer), and the largest batch whose
+//! step fits in 4 GiB each way.
+//!
+//! ```sh
+//! cargo run --release -p approx-models --example memory
+//! ```
+//!
+//! Every measurement runs in a fresh child process (this program with `--child MODEL
+//! SEGMENTS BATCH`), so peaks do not mix. The step's memory is the process's peak
+//! resident set during the step minus its resident set before it (model, optimizer
+//! state and data already in memory). The largest batch is predicted from the step
+//! memory at two batches (it is linear in the batch) and then checked with a run at
+//! that batch.
+
+use std::process::Command;
+
+use approx_models::{build, HwMap, ModelKind};
+use approx_train::io::{peak_rss_bytes, reset_peak_rss, rss_bytes};
+use approx_train::mode::ExecMode;
+use approx_train::model::Model;
+use approx_train::optim::{Optimizer, OptimizerKind};
+use approx_train::trainer::{loss_and_correct, on_large_stack};
+use candle_core::{Device, Tensor};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const BUDGET: f64 = 4.0 * (1u64 << 30) as f64;
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// Runs one step and prints `RSS_BEFORE PEAK` in bytes.
+fn child(kind: ModelKind, segments: usize, batch: usize) -> Result<()> {
+    on_large_stack(|| -> Result<()> {
+        let hw = HwMap::All("sc:len=64,acc=or2".parse()?);
+        let mut net = build(kind, (3, 32, 32), 10, &hw, ExecMode::Accurate, 0)?;
+        net.set_checkpoint_segments(segments);
+        let x = Tensor::rand(0f32, 1f32, (batch, 3, 32, 32), &Device::Cpu)?;
+        let y = Tensor::from_vec(
+            (0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(),
+            batch,
+            &Device::Cpu,
+        )?;
+        let params = net.named_vars().into_iter().map(|(_, v)| v).collect();
+        let mut opt = Optimizer::new(OptimizerKind::Adam { weight_decay: 0.0 }, params, 1e-3)?;
+        let before = rss_bytes().ok_or("no /proc/self/status")?;
+        // A fresh process: its peak so far is the set-up; reset it where the OS can,
+        // otherwise the set-up's peak (below the step's) stays in the maximum.
+        reset_peak_rss();
+        let logits = net.forward(&x, true)?;
+        let (loss, _) = loss_and_correct(&logits, &y, 0.1)?;
+        let mut grads = loss.backward()?;
+        net.merge_recomputed_grads(&mut grads)?;
+        opt.step(&grads)?;
+        let peak = peak_rss_bytes().ok_or("no VmHWM")?;
+        println!("{before} {peak}");
+        Ok(())
+    })
+}
+
+/// `(RSS before the step, peak during it)` of a step in a fresh process.
+fn measure(kind: ModelKind, segments: usize, batch: usize) -> Result<(f64, f64)> {
+    let out = Command::new(std::env::current_exe()?)
+        .args([
+            "--child",
+            kind.name(),
+            &segments.to_string(),
+            &batch.to_string(),
+        ])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "child {kind} {segments} {batch}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let mut it = text.split_whitespace().map(str::parse::<f64>);
+    match (it.next(), it.next()) {
+        (Some(Ok(before)), Some(Ok(peak))) => Ok((before, peak)),
+        _ => Err(format!("child printed `{text}`").into()),
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        let kind: ModelKind = args.get(1).ok_or("model")?.parse()?;
+        let segments: usize = args.get(2).ok_or("segments")?.parse()?;
+        let batch: usize = args.get(3).ok_or("batch")?.parse()?;
+        return child(kind, segments, batch);
+    }
+    println!(
+        "{:<9} {:>9} {:>6} {:>14} {:>11} {:>14} {:>17}",
+        "model", "segments", "batch", "step MiB", "peak MiB", "max batch 4G", "peak there MiB"
+    );
+    for (kind, layers) in [(ModelKind::TinyConv, 4), (ModelKind::Vgg16, 14)] {
+        let mut step_at = Vec::new();
+        for segments in [0, layers] {
+            let (b1, b2) = (16, 32);
+            let (before1, peak1) = measure(kind, segments, b1)?;
+            let (before2, peak2) = measure(kind, segments, b2)?;
+            let (s1, s2) = (peak1 - before1, peak2 - before2);
+            let per_image = ((s2 - s1) / (b2 - b1) as f64).max(1.0);
+            let fixed = peak2 - per_image * b2 as f64;
+            let mut max_batch = (((BUDGET - fixed) / per_image) as usize).min(1024);
+            let (mut peak_there, mut tries) = (f64::INFINITY, 0);
+            while tries < 3 {
+                let (_, peak) = measure(kind, segments, max_batch)?;
+                peak_there = peak;
+                if peak <= BUDGET {
+                    break;
+                }
+                max_batch = max_batch * 9 / 10;
+                tries += 1;
+            }
+            println!(
+                "{:<9} {:>9} {:>6} {:>14.0} {:>11.0} {:>14} {:>17.0}",
+                kind.name(),
+                segments,
+                b2,
+                s2 / MIB,
+                peak2 / MIB,
+                max_batch,
+                peak_there / MIB
+            );
+            step_at.push((s2, max_batch));
+        }
+        println!(
+            "{}: checkpointing takes {:.2}x less step memory at batch 32 and fits {:.2}x the batch",
+            kind.name(),
+            step_at[0].0 / step_at[1].0,
+            step_at[1].1 as f64 / step_at[0].1 as f64
+        );
+    }
+    Ok(())
+}
