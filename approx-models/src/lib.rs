@@ -20,6 +20,7 @@ pub mod model_file;
 mod norm;
 mod sequential;
 pub mod store;
+pub mod untrusted;
 mod zoo;
 
 use std::collections::BTreeMap;
