@@ -8,8 +8,11 @@ use approx_hw::HwSpec;
 
 use crate::{load, HwMap, Limits, ModelFile, ModelKind};
 
+/// A loader fed raw bytes; whether it accepted them.
+pub type Target = fn(&[u8]) -> bool;
+
 /// The fuzz targets by name, as `fuzz/fuzz_targets/NAME.rs` and `fuzz/corpus/NAME/`.
-pub const TARGETS: [(&str, fn(&[u8]) -> bool); 6] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("hw_spec", hw_spec),
     ("lut_table", lut_table),
     ("model_file", model_file),
