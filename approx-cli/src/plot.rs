@@ -11,6 +11,7 @@ use approx_hw::HwSpec;
 use approx_train::calibration::Calibration;
 use approx_train::io::write_atomic;
 use approx_train::trainer::EpochRecord;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
@@ -119,75 +120,41 @@ pub fn learning_curves(path: &Path, c: &Curves) -> Result<()> {
     );
     render(path, SIZE, |root| {
         let (left, right) = root.split_horizontally(SIZE.0 / 2);
-        let mut chart = ChartBuilder::on(&left)
-            .caption("Training loss", (FONT, 24))
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(65)
-            .build_cartesian_2d(0f64..epochs + 0.5, 0f64..max_loss * 1.1)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .light_line_style(WHITE)
-            .x_labels(epochs as usize + 2)
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .x_desc("epoch")
-            .y_desc("cross-entropy loss (nats)")
-            .axis_desc_style((FONT, 18))
-            .draw()
-            .map_err(plot_err)?;
-        let blue = BLUE.stroke_width(2);
-        let red = RED.stroke_width(2);
+        let (blue, red) = (BLUE.stroke_width(2), RED.stroke_width(2));
+        let mut chart = epoch_chart(
+            &left,
+            "Training loss",
+            epochs,
+            0f64..max_loss * 1.1,
+            "cross-entropy loss (nats)",
+        )?;
         if !pretrain_loss.is_empty() {
             chart
-                .draw_series(LineSeries::new(pretrain_loss.clone(), blue).point_size(4))
+                .draw_series(LineSeries::new(pretrain_loss, blue).point_size(4))
                 .map_err(plot_err)?
                 .label("pretrain (float)")
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue));
+                .legend(legend_line(blue));
         }
         chart
-            .draw_series(LineSeries::new(finetune_loss.clone(), red).point_size(4))
+            .draw_series(LineSeries::new(finetune_loss, red).point_size(4))
             .map_err(plot_err)?
-            .label(phases.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 16))
-            .draw()
-            .map_err(plot_err)?;
+            .label(phases)
+            .legend(legend_line(red));
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
 
-        let mut chart = ChartBuilder::on(&right)
-            .caption("Accuracy", (FONT, 24))
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(65)
-            .build_cartesian_2d(0f64..epochs + 0.5, 0f64..100f64)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .light_line_style(WHITE)
-            .x_labels(epochs as usize + 2)
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .x_desc("epoch")
-            .y_desc("accuracy (%)")
-            .axis_desc_style((FONT, 18))
-            .draw()
-            .map_err(plot_err)?;
+        let mut chart = epoch_chart(&right, "Accuracy", epochs, 0f64..100f64, "accuracy (%)")?;
         let green = GREEN.mix(0.9).stroke_width(2);
-        let black = BLACK.stroke_width(2);
         let float = 100.0 * c.float_accuracy;
         chart
-            .draw_series(LineSeries::new(train_acc.clone(), blue).point_size(4))
+            .draw_series(LineSeries::new(train_acc, blue).point_size(4))
             .map_err(plot_err)?
             .label("training accuracy (training mode)")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue));
+            .legend(legend_line(blue));
         chart
-            .draw_series(LineSeries::new(hw_acc.clone(), red).point_size(5))
+            .draw_series(LineSeries::new(hw_acc, red).point_size(5))
             .map_err(plot_err)?
             .label("test accuracy, bit-accurate hardware")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red));
+            .legend(legend_line(red));
         chart
             .draw_series(DashedLineSeries::new(
                 vec![(0.0, float), (epochs + 0.5, float)],
@@ -197,27 +164,72 @@ pub fn learning_curves(path: &Path, c: &Curves) -> Result<()> {
             ))
             .map_err(plot_err)?
             .label("test accuracy, float model")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], green));
+            .legend(legend_line(green));
         if p > 0 {
             chart
                 .draw_series(DashedLineSeries::new(
                     vec![(p as f64, 0.0), (p as f64, 100.0)],
                     4,
                     4,
-                    black.color.mix(0.4).stroke_width(1),
+                    BLACK.mix(0.4).stroke_width(1),
                 ))
                 .map_err(plot_err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 16))
-            .draw()
-            .map_err(plot_err)?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::LowerLeft)
     })
+}
+
+/// The value axes of the learning curves.
+type EpochChart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A chart on `area` with epochs 0..=`epochs` across and `y` up, captioned and with
+/// its grid and axis descriptions drawn.
+fn epoch_chart<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    caption: &str,
+    epochs: f64,
+    y: std::ops::Range<f64>,
+    y_desc: &str,
+) -> Result<EpochChart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(0f64..epochs + 0.5, y)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_labels(epochs as usize + 2)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_desc("epoch")
+        .y_desc(y_desc)
+        .axis_desc_style((FONT, 18))
+        .draw()
+        .map_err(plot_err)?;
+    Ok(chart)
+}
+
+/// The legend mark of a line series in `style`.
+fn legend_line(style: ShapeStyle) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style)
+}
+
+/// Draws the legend of `chart` at `position`.
+fn draw_legend<'a, 'b: 'a>(
+    chart: &mut EpochChart<'a, 'b>,
+    position: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 16))
+        .draw()
+        .map_err(plot_err)
 }
 
 /// Draws each layer's calibrated error model to `path`: `bias(x)` and the band
@@ -295,7 +307,7 @@ fn profile_panel(area: &DrawingArea<BitMapBackend, Shift>, layer: &LayerProfile)
         .draw_series(LineSeries::new(bias, BLUE.stroke_width(2)))
         .map_err(plot_err)?
         .label("bias")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+        .legend(legend_line(BLUE.stroke_width(2)));
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))

@@ -6,7 +6,7 @@
 use approx_hw::{HwSpec, Layer};
 use approx_train::mode::ExecMode;
 use approx_train::ste::straight_through;
-use candle_core::{DType, Result, Tensor, Var, D};
+use candle_core::{Result, Tensor, Var, D};
 
 use crate::store::{Init, ParamStore};
 
@@ -150,7 +150,6 @@ impl SelfAttention {
         let out = self.mix.forward(&attn.contiguous()?, &vt, mode)?;
         out.reshape((n, h, t, dh))?
             .transpose(1, 2)?
-            .reshape((n, t, d))?
-            .to_dtype(DType::F32)
+            .reshape((n, t, d))
     }
 }
