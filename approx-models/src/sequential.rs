@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use approx_hw::rng::mix;
 use rand::{Rng, SeedableRng};
@@ -282,7 +282,6 @@ impl Builder {
             segments: Vec::new(),
             recompute: Recompute::default(),
             step: AtomicU64::new(0),
-            mode: Mutex::new(mode),
         })
     }
 }
@@ -456,8 +455,6 @@ pub struct Sequential {
     recompute: Recompute,
     /// The training step (keys dropout masks).
     step: AtomicU64,
-    /// The execution mode last set for the whole model.
-    mode: Mutex<ExecMode>,
 }
 
 impl Sequential {
@@ -515,7 +512,11 @@ impl Model for Sequential {
             train,
             pass: Pass::Forward,
             step: self.step.load(Ordering::Relaxed),
-            mode: *self.mode.lock().unwrap_or_else(|e| e.into_inner()),
+            // Steps that are not hardware layers follow the first hardware layer.
+            mode: self
+                .hw_layers()
+                .first()
+                .map_or(ExecMode::Float, |l| l.mode()),
         };
         if !train || self.segments.is_empty() {
             return run(&self.steps, x, ctx);
@@ -548,13 +549,6 @@ impl Model for Sequential {
 
     fn named_vars(&self) -> Vec<(String, Var)> {
         self.vars.clone()
-    }
-
-    fn set_mode(&self, mode: ExecMode) {
-        *self.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
-        for l in self.hw_layers() {
-            l.set_mode(mode);
-        }
     }
 
     fn set_step(&self, step: u64) {

@@ -239,13 +239,8 @@ pub fn evaluate_with_progress(
         }
         Ok(())
     })();
-    match before.first() {
-        Some(&first) if before.iter().all(|&m| m == first) => model.set_mode(first),
-        _ => {
-            for (l, m) in model.hw_layers().iter().zip(before) {
-                l.set_mode(m);
-            }
-        }
+    for (l, m) in model.hw_layers().iter().zip(before) {
+        l.set_mode(m);
     }
     result?;
     Ok(correct / data.len().max(1) as f64)
