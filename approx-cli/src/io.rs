@@ -7,6 +7,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use safetensors::SafeTensors;
 
+/// Largest tensor file read into memory, in bytes: 16 GiB, the size of
+/// [`approx_hw::MAX_ELEMENTS`] f32 values, the largest input one layer call takes.
+pub const MAX_TENSOR_FILE_BYTES: u64 = 16 << 30;
+
 /// A safetensors file read into memory, with its path for error messages.
 pub struct TensorFile {
     path: String,
@@ -14,8 +18,18 @@ pub struct TensorFile {
 }
 
 impl TensorFile {
-    /// Reads `path`; fails with the path in the message.
+    /// Reads `path`; fails with the path in the message, and before reading when the
+    /// file is larger than [`MAX_TENSOR_FILE_BYTES`].
     pub fn read(path: &Path) -> Result<Self> {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?
+            .len();
+        if size > MAX_TENSOR_FILE_BYTES {
+            bail!(
+                "`{}` is {size} bytes, more than the limit of {MAX_TENSOR_FILE_BYTES} bytes for a tensor file",
+                path.display()
+            );
+        }
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
         let file = Self {

@@ -107,3 +107,103 @@ fn one_and_two_threads_give_the_same_model() {
     }
     assert_eq!(models[0], models[1]);
 }
+
+/// `cmd` run through bash with `limits` (shell commands such as `ulimit -f 100`)
+/// applied first.
+fn with_limits(cmd: &Command, limits: &str) -> Command {
+    let mut limited = Command::new("bash");
+    limited
+        .arg("-c")
+        .arg(format!("{limits} && exec \"$0\" \"$@\""))
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    limited
+}
+
+/// Checks that `out` holds no temporary file and that every safetensors file in it
+/// is whole (its header and data parse).
+fn assert_no_partial_files(out: &Path) {
+    for entry in std::fs::read_dir(out).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!name.contains(".tmp"), "left behind: {name}");
+        if name.ends_with(".safetensors") {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                safetensors::SafeTensors::deserialize(&bytes).is_ok(),
+                "partial file: {name}"
+            );
+        }
+    }
+}
+
+/// A disk that fills up mid-run: `ulimit -f` caps every file the run writes at
+/// 100 KiB, and with SIGXFSZ ignored a write past it fails with EFBIG, as one on a
+/// full disk fails with ENOSPC. The model checkpoints are larger than that.
+#[test]
+fn a_full_disk_is_a_clear_error_and_leaves_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = with_limits(&finetune(&out, &[]), "trap '' XFSZ; ulimit -f 100")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write `") && stderr.contains("File too large"),
+        "{stderr}"
+    );
+    assert!(!out.join("model.safetensors").exists());
+    assert_no_partial_files(&out);
+}
+
+/// A read-only output folder is refused before any work, naming the folder, and
+/// `simulate` into it fails without a file. As root (who may write anywhere) the
+/// commands run as the unprivileged user 65534.
+#[test]
+fn a_read_only_output_folder_is_a_clear_error() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.path().join("read-only");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let unprivileged = |mut cmd: Command| -> Command {
+        if std::fs::metadata(dir.path()).unwrap().uid() == 0 {
+            cmd.uid(65534).gid(65534);
+        }
+        cmd
+    };
+
+    let o = unprivileged(finetune(&out, &[])).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "output folder `{}` is not writable",
+            out.display()
+        )) && stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sc-conv.safetensors");
+    let target = out.join("out.safetensors");
+    let mut simulate = Command::new(env!("CARGO_BIN_EXE_approx"));
+    simulate
+        .args(["simulate", "--hw", "sc", "--op", "conv2d", "--input"])
+        .arg(&example)
+        .arg("--output")
+        .arg(&target)
+        .stderr(Stdio::piped());
+    let o = unprivileged(simulate).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot write `{}`", target.display())),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+}

@@ -24,7 +24,7 @@ pub mod untrusted;
 mod zoo;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -63,6 +63,8 @@ pub enum Architecture {
     },
     /// A model file.
     File {
+        /// Where it was read from (named in errors).
+        path: PathBuf,
         /// The parsed file.
         file: Arc<ModelFile>,
         /// Every batch norm quantized, whatever the file says.
@@ -92,6 +94,7 @@ impl FromStr for Architecture {
     fn from_str(s: &str) -> Result<Self, String> {
         if s.ends_with(".toml") {
             return Ok(Architecture::File {
+                path: PathBuf::from(s),
                 file: Arc::new(ModelFile::read(Path::new(s))?),
                 quantized_bn: false,
             });
@@ -115,7 +118,8 @@ impl Architecture {
                 kind,
                 quantized_bn: quantized,
             },
-            Architecture::File { file, .. } => Architecture::File {
+            Architecture::File { path, file, .. } => Architecture::File {
+                path,
                 file,
                 quantized_bn: quantized,
             },
@@ -143,7 +147,9 @@ impl Architecture {
     pub fn check(&self, input: (usize, usize, usize), classes: usize) -> Result<(), String> {
         match self {
             Architecture::Builtin { kind, .. } => kind.check_input(input),
-            Architecture::File { file, .. } => file.check(input, classes, Limits::default()),
+            Architecture::File { path, file, .. } => file
+                .check(input, classes, Limits::default())
+                .map_err(|e| format!("model file `{}`: {e}", path.display())),
         }
     }
 
@@ -152,7 +158,9 @@ impl Architecture {
             Architecture::Builtin { kind, quantized_bn } => {
                 kind.layers(b, input, classes, *quantized_bn)
             }
-            Architecture::File { file, quantized_bn } => file.layers(b, *quantized_bn),
+            Architecture::File {
+                file, quantized_bn, ..
+            } => file.layers(b, *quantized_bn),
         }
     }
 }

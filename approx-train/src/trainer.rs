@@ -491,7 +491,11 @@ fn load_checkpoint(
     fingerprint: &str,
 ) -> Result<TrainState> {
     let fail = |m: String| candle_core::Error::Msg(format!("checkpoint `{}`: {m}", path.display()));
-    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    // Mapped rather than read, so that a corrupt or foreign file of any size costs no
+    // memory before its header is checked. SAFETY: the mapping is read-only; the file
+    // must not be truncated by another process while it is mapped.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| fail(e.to_string()))?;
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| fail(e.to_string()))?;
     let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| fail(e.to_string()))?;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{DataError, Dataset, MAX_IMAGES};
+use super::{DataError, Dataset, MAX_PIXEL_BYTES};
 
 const RECORD: usize = 1 + 3 * 32 * 32;
 
@@ -22,10 +22,13 @@ pub fn read_cifar10(paths: &[&Path]) -> Result<Dataset, DataError> {
                 ),
             ));
         }
-        if labels.len() as u64 + meta.len() / RECORD as u64 > MAX_IMAGES as u64 {
+        if images.len() as u64 + meta.len() > MAX_PIXEL_BYTES {
             return Err(DataError::new(
                 path,
-                format!("more than {MAX_IMAGES} images in total"),
+                format!(
+                    "{} bytes would take the data set past the limit of {MAX_PIXEL_BYTES} bytes",
+                    meta.len()
+                ),
             ));
         }
         let bytes = std::fs::read(path).map_err(|e| DataError::new(path, e.to_string()))?;
@@ -79,5 +82,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("record 0 has label 10"));
+    }
+
+    /// A batch file past the size limit (a sparse 1 TiB file here) is refused from
+    /// its size alone, before it is read.
+    #[test]
+    fn oversized_files_are_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data_batch_1.bin");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(RECORD as u64 * (1 << 30)).unwrap();
+        let err = read_cifar10(&[&path]).unwrap_err().to_string();
+        assert!(
+            err.contains("data_batch_1.bin") && err.contains("past the limit of 1073741824 bytes"),
+            "{err}"
+        );
     }
 }

@@ -1,54 +1,59 @@
 //! The IDX format of MNIST and Fashion-MNIST (`train-images-idx3-ubyte` etc.), raw or
 //! gzip-compressed (detected by the gzip magic bytes).
+//!
+//! The header is read first and checked against the limits of [`super`]; the data is
+//! then read up to the size the header announces, so neither a corrupt header nor a
+//! gzip bomb can make a loader allocate more than the limits allow.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
-use super::{DataError, Dataset, MAX_IMAGES, MAX_SIDE};
+use super::{DataError, Dataset, MAX_IMAGES, MAX_PIXEL_BYTES, MAX_SIDE};
 
 /// IDX magic of unsigned-byte tensors of rank 3 (images) and rank 1 (labels).
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
 
-/// Reads a file, gunzipping it when it starts with the gzip magic; refuses files
-/// whose (decompressed) size exceeds `limit` bytes.
-fn read_maybe_gz(path: &Path, limit: u64) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(|e| DataError::new(path, e.to_string()))?;
-    maybe_gunzip(path, raw, limit)
+/// An IDX file's dimensions and data bytes.
+struct Idx {
+    dims: Vec<usize>,
+    data: Vec<u8>,
 }
 
-/// `raw`, gunzipped when it starts with the gzip magic (errors name `path`).
-fn maybe_gunzip(path: &Path, raw: Vec<u8>, limit: u64) -> Result<Vec<u8>, DataError> {
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .take(limit + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::new(path, format!("bad gzip data: {e}")))?;
-        if out.len() as u64 > limit {
-            return Err(DataError::new(
-                path,
-                format!("decompresses to more than {limit} bytes"),
-            ));
-        }
-        Ok(out)
+/// Reads an IDX tensor of `rank` with `magic` from `source` (raw or gzip), refusing
+/// headers whose dimensions `fits` rejects before reading any data. Errors name `path`.
+fn read_idx(
+    path: &Path,
+    mut source: impl BufRead,
+    magic: u32,
+    rank: usize,
+    fits: impl Fn(&[usize]) -> Result<(), String>,
+) -> Result<Idx, DataError> {
+    let gzip = source
+        .fill_buf()
+        .map_err(|e| DataError::new(path, e.to_string()))?
+        .starts_with(&[0x1f, 0x8b]);
+    let mut reader: Box<dyn Read + '_> = if gzip {
+        Box::new(flate2::bufread::GzDecoder::new(source))
     } else {
-        Ok(raw)
-    }
-}
-
-fn header(path: &Path, bytes: &[u8], magic: u32, rank: usize) -> Result<Vec<usize>, DataError> {
-    let need = 4 + 4 * rank;
-    if bytes.len() < need {
+        Box::new(source)
+    };
+    let read_error = |e: std::io::Error| {
+        if gzip {
+            DataError::new(path, format!("bad gzip data: {e}"))
+        } else {
+            DataError::new(path, e.to_string())
+        }
+    };
+    let mut head = vec![0u8; 4 + 4 * rank];
+    let got = read_up_to(&mut reader, &mut head).map_err(read_error)?;
+    if got < head.len() {
         return Err(DataError::new(
             path,
-            format!(
-                "{} bytes is too short for an IDX header of rank {rank}",
-                bytes.len()
-            ),
+            format!("{got} bytes is too short for an IDX header of rank {rank}"),
         ));
     }
-    let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let word = |i: usize| u32::from_be_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
     if word(0) != magic {
         return Err(DataError::new(
             path,
@@ -56,48 +61,94 @@ fn header(path: &Path, bytes: &[u8], magic: u32, rank: usize) -> Result<Vec<usiz
         ));
     }
     let dims: Vec<usize> = (0..rank).map(|i| word(4 + 4 * i) as usize).collect();
-    let count: Option<usize> = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    match count {
-        Some(c) if bytes.len() - need == c => Ok(dims),
-        Some(c) => Err(DataError::new(
+    fits(&dims).map_err(|m| DataError::new(path, format!("header {dims:?} {m}")))?;
+    let count = dims
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+        .filter(|&c| c <= MAX_PIXEL_BYTES)
+        .ok_or_else(|| {
+            DataError::new(
+                path,
+                format!(
+                    "header {dims:?} asks for more than the limit of {MAX_PIXEL_BYTES} data bytes"
+                ),
+            )
+        })?;
+    let mut data = Vec::with_capacity(count as usize);
+    reader
+        .take(count + 1)
+        .read_to_end(&mut data)
+        .map_err(read_error)?;
+    match (data.len() as u64).cmp(&count) {
+        std::cmp::Ordering::Equal => Ok(Idx { dims, data }),
+        std::cmp::Ordering::Less => Err(DataError::new(
             path,
             format!(
-                "header {dims:?} asks for {c} data bytes, the file has {}",
-                bytes.len() - need
+                "header {dims:?} asks for {count} data bytes, the file has {}",
+                data.len()
             ),
         )),
-        None => Err(DataError::new(path, format!("header {dims:?} overflows"))),
+        std::cmp::Ordering::Greater => Err(DataError::new(
+            path,
+            format!("has more than the {count} data bytes its header {dims:?} asks for"),
+        )),
     }
+}
+
+/// Fills `buf` as far as `reader` goes; the number of bytes read.
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+fn open(path: &Path) -> Result<BufReader<std::fs::File>, DataError> {
+    std::fs::File::open(path)
+        .map(BufReader::new)
+        .map_err(|e| DataError::new(path, e.to_string()))
 }
 
 /// Pixels in `[0, 1]` and the (channels, height, width) of one image.
 pub type Images = (Vec<f32>, (usize, usize, usize));
 
-/// Largest decompressed image file, in bytes.
-const MAX_IMAGE_BYTES: u64 = (MAX_IMAGES * 28 * 28 * 4) as u64;
-
 /// Reads an IDX image file (rank 3, u8) as `[0, 1]` floats with one channel.
 pub fn read_idx_images(path: &Path) -> Result<Images, DataError> {
-    images_from(path, read_maybe_gz(path, MAX_IMAGE_BYTES)?)
+    images_from(path, open(path)?)
 }
 
-fn images_from(path: &Path, bytes: Vec<u8>) -> Result<Images, DataError> {
-    let dims = header(path, &bytes, IMAGES_MAGIC, 3)?;
-    if dims[0] > MAX_IMAGES || dims[1] > MAX_SIDE || dims[2] > MAX_SIDE {
-        return Err(DataError::new(path, format!("header {dims:?} exceeds the limits of {MAX_IMAGES} images of {MAX_SIDE}x{MAX_SIDE}")));
-    }
-    let images = bytes[16..].iter().map(|&b| f32::from(b) / 255.0).collect();
-    Ok((images, (1, dims[1], dims[2])))
+fn images_from(path: &Path, source: impl BufRead) -> Result<Images, DataError> {
+    let idx = read_idx(path, source, IMAGES_MAGIC, 3, |dims| {
+        if dims[0] > MAX_IMAGES || dims[1] > MAX_SIDE || dims[2] > MAX_SIDE {
+            Err(format!(
+                "exceeds the limits of {MAX_IMAGES} images of {MAX_SIDE}x{MAX_SIDE}"
+            ))
+        } else {
+            Ok(())
+        }
+    })?;
+    let images = idx.data.iter().map(|&b| f32::from(b) / 255.0).collect();
+    Ok((images, (1, idx.dims[1], idx.dims[2])))
 }
 
 /// Reads an IDX label file (rank 1, u8).
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
-    labels_from(path, read_maybe_gz(path, MAX_IMAGES as u64 + 8)?)
+    labels_from(path, open(path)?)
 }
 
-fn labels_from(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>, DataError> {
-    header(path, &bytes, LABELS_MAGIC, 1)?;
-    Ok(bytes[8..].to_vec())
+fn labels_from(path: &Path, source: impl BufRead) -> Result<Vec<u8>, DataError> {
+    let idx = read_idx(path, source, LABELS_MAGIC, 1, |dims| {
+        if dims[0] > MAX_IMAGES {
+            Err(format!("exceeds the limit of {MAX_IMAGES} labels"))
+        } else {
+            Ok(())
+        }
+    })?;
+    Ok(idx.data)
 }
 
 /// Reads an image file and its label file as a data set of `classes` classes,
@@ -119,14 +170,8 @@ pub fn idx_pair_from_bytes(
     labels: (&Path, &[u8]),
     classes: usize,
 ) -> Result<Dataset, DataError> {
-    let pixels = images_from(
-        images.0,
-        maybe_gunzip(images.0, images.1.to_vec(), MAX_IMAGE_BYTES)?,
-    )?;
-    let label_data = labels_from(
-        labels.0,
-        maybe_gunzip(labels.0, labels.1.to_vec(), MAX_IMAGES as u64 + 8)?,
-    )?;
+    let pixels = images_from(images.0, images.1)?;
+    let label_data = labels_from(labels.0, labels.1)?;
     pair(images.0, pixels, labels.0, label_data, classes)
 }
 
@@ -236,5 +281,64 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string()
             .contains("2 labels for the 3 images"));
+    }
+
+    /// Absurd headers and oversized data are refused before the data is read: a
+    /// header asking for 2^40 pixels in a 16-byte file, a 1 TiB (sparse) raw file and
+    /// a gzip stream that inflates far past what its header announces.
+    #[test]
+    fn absurd_sizes_are_refused_before_reading_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("img");
+        let mut header = IMAGES_MAGIC.to_be_bytes().to_vec();
+        for d in [1u32 << 20, 1 << 10, 1 << 10] {
+            header.extend(d.to_be_bytes());
+        }
+        std::fs::write(&img, &header).unwrap();
+        let err = read_idx_images(&img).unwrap_err().to_string();
+        assert!(
+            err.contains("img")
+                && err.contains(
+                    "[1048576, 1024, 1024] asks for more than the limit of 1073741824 data bytes"
+                ),
+            "{err}"
+        );
+
+        let sparse = dir.path().join("sparse");
+        std::fs::write(&sparse, idx_images(1, 2, 2, |_| 7)).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&sparse)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let err = read_idx_images(&sparse).unwrap_err().to_string();
+        assert!(
+            err.contains("has more than the 4 data bytes its header [1, 2, 2] asks for"),
+            "{err}"
+        );
+
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&idx_images(1, 2, 2, |_| 7)).unwrap();
+        for _ in 0..64 {
+            gz.write_all(&[0u8; 1 << 20]).unwrap();
+        }
+        let bomb = dir.path().join("bomb.gz");
+        std::fs::write(&bomb, gz.finish().unwrap()).unwrap();
+        assert!(std::fs::metadata(&bomb).unwrap().len() < 1 << 20);
+        let err = read_idx_images(&bomb).unwrap_err().to_string();
+        assert!(
+            err.contains("bomb.gz") && err.contains("has more than the 4 data bytes"),
+            "{err}"
+        );
+
+        let mut labels = LABELS_MAGIC.to_be_bytes().to_vec();
+        labels.extend(u32::MAX.to_be_bytes());
+        std::fs::write(&img, &labels).unwrap();
+        let err = read_idx_labels(&img).unwrap_err().to_string();
+        assert!(
+            err.contains("exceeds the limit of 10000000 labels"),
+            "{err}"
+        );
     }
 }

@@ -20,6 +20,11 @@ use std::path::{Path, PathBuf};
 pub const MAX_IMAGES: usize = 10_000_000;
 /// Largest image side, in pixels.
 pub const MAX_SIDE: usize = 4096;
+/// Largest amount of pixel data one file may hold, in bytes (one byte per pixel in
+/// IDX and CIFAR files; in memory a [`Dataset`] holds 4 bytes per pixel): 1 GiB, 20x
+/// full MNIST. Data sets are held in memory whole, so a larger one would not fit most
+/// machines; to raise the limit, change this constant.
+pub const MAX_PIXEL_BYTES: u64 = 1 << 30;
 
 /// What went wrong reading a data file: always names the file.
 #[derive(Debug, thiserror::Error)]
