@@ -784,6 +784,12 @@ fn bench_train_compares_baseline_accelerated_and_float() {
         assert!((0.0..=1.0).contains(&a), "{r}");
     }
     assert!(r["float"].get("hw_accuracy").is_none());
+    for key in ["float_accuracy", "hw_accuracy"] {
+        let a = r["start"][key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a), "{r}");
+    }
+    assert_eq!(r["train_images"], 128);
+    assert_eq!(r["test_images"], 64);
     assert!(r["baseline"]["schedule"]
         .as_str()
         .unwrap()

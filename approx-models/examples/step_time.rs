@@ -1,8 +1,9 @@
 //! Time of one training step (forward, backward, Adam) of TinyConv at batch 64 on
-//! CIFAR-shaped inputs, in each execution mode on `sc:len=64,acc=or2`.
+//! CIFAR-shaped inputs, in each execution mode on a hardware spec (default
+//! `sc:len=64,acc=or2`).
 //!
 //! ```sh
-//! cargo run --release -p approx-models --example step_time
+//! cargo run --release -p approx-models --example step_time -- [SPEC]
 //! ```
 
 use std::time::Instant;
@@ -16,7 +17,11 @@ use candle_core::{Device, Tensor};
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     on_large_stack(|| {
-        let hw = HwMap::All("sc:len=64,acc=or2".parse()?);
+        let spec = std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "sc:len=64,acc=or2".into());
+        let hw = HwMap::All(spec.parse()?);
+        println!("TinyConv, batch 64, 3x32x32, on `{spec}`");
         let net = build(
             ModelKind::TinyConv,
             (3, 32, 32),

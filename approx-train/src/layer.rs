@@ -251,21 +251,29 @@ impl HwLayer {
                 .apply(&self.exact(x, w)?)
             }
             PartialSums::SplitWeights => {
-                let (wp, wn) = (w.relu()?, w.neg()?.relu()?);
+                // Both polarities in one conv (the positive and negative weight parts
+                // stacked as output channels), so the input is unfolded once.
+                let filters = w.dim(0)?;
+                let both = Tensor::cat(&[w.relu()?, w.neg()?.relu()?], 0)?;
+                let sums = self.exact(x, &both)?;
+                let (sp, sn) = (
+                    sums.narrow(1, 0, filters)?,
+                    sums.narrow(1, filters, filters)?,
+                );
                 if per_polarity {
                     let pos = Surrogate {
                         model,
                         injection: injection(0),
                     }
-                    .apply(&self.exact(x, &wp)?)?;
+                    .apply(&sp)?;
                     let neg = Surrogate {
                         model,
                         injection: injection(1),
                     }
-                    .apply(&self.exact(x, &wn)?)?;
+                    .apply(&sn)?;
                     return pos - neg;
                 }
-                (plain.apply(&self.exact(x, &wp)?)? - plain.apply(&self.exact(x, &wn)?)?)?
+                (plain.apply(&sp)? - plain.apply(&sn)?)?
             }
             PartialSums::Tiles { rows } => self.tiled(x, w, rows, plain)?,
         };

@@ -1,15 +1,23 @@
 //! The differentiable stand-in for the hardware: a kind's error model applied to exact
 //! partial sums, optionally with calibrated error injected, as one candle op that
 //! keeps only its input `s` for backward (everything else is recomputed from it).
+//!
+//! Both passes run in parallel over fixed chunks of [`CHUNK`] elements; chunk `i` draws
+//! its noise from stream `i` of the injection's seed, so the bits do not depend on the
+//! number of threads.
 
 use approx_hw::ErrorModel;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
+use rayon::prelude::*;
 
 use crate::calibration::Calibration;
 use crate::storage::f32_values;
+
+/// Elements per parallel work unit (and per noise stream) of the surrogate.
+pub const CHUNK: usize = 1 << 14;
 
 /// Calibrated error to inject, with the seed of this forward's noise.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,22 +54,26 @@ impl CustomOp1 for Surrogate {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let s = f32_values(storage, layout, "the surrogate")?;
         let model = self.model;
-        let out: Vec<f32> = match self.injection {
-            None => s
-                .iter()
-                .map(|&v| model.value(f64::from(v)) as f32)
-                .collect(),
-            Some(inj) => {
-                let mut rng = ChaCha8Rng::seed_from_u64(inj.seed);
-                s.iter()
-                    .map(|&v| {
+        let mut out = vec![0f32; s.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(s.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(chunk, (out, s))| match self.injection {
+                None => {
+                    for (o, &v) in out.iter_mut().zip(s) {
+                        *o = model.value(f64::from(v)) as f32;
+                    }
+                }
+                Some(inj) => {
+                    let mut rng = ChaCha8Rng::seed_from_u64(inj.seed);
+                    rng.set_stream(chunk as u64);
+                    for (o, &v) in out.iter_mut().zip(s) {
                         let x = model.value(f64::from(v));
                         let eps: f64 = rng.sample(StandardNormal);
-                        (x + inj.calibration.bias(x) + inj.calibration.std(x) * eps) as f32
-                    })
-                    .collect()
-            }
-        };
+                        *o = (x + inj.calibration.bias(x) + inj.calibration.std(x) * eps) as f32;
+                    }
+                }
+            });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -69,18 +81,19 @@ impl CustomOp1 for Surrogate {
         let s = arg.flatten_all()?.to_vec1::<f32>()?;
         let g = grad.flatten_all()?.to_vec1::<f32>()?;
         let model = self.model;
-        let d: Vec<f32> = s
-            .iter()
-            .zip(&g)
-            .map(|(&v, &g)| {
-                let v = f64::from(v);
-                let slope = match self.injection {
-                    Some(inj) => 1.0 + inj.calibration.bias_derivative(model.value(v)),
-                    None => 1.0,
-                };
-                (f64::from(g) * slope * model.derivative(v)) as f32
-            })
-            .collect();
+        let mut d = vec![0f32; s.len()];
+        d.par_chunks_mut(CHUNK)
+            .zip(s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(d, (s, g))| {
+                for ((d, &v), &g) in d.iter_mut().zip(s).zip(g) {
+                    let v = f64::from(v);
+                    let slope = match self.injection {
+                        Some(inj) => 1.0 + inj.calibration.bias_derivative(model.value(v)),
+                        None => 1.0,
+                    };
+                    *d = (f64::from(g) * slope * model.derivative(v)) as f32;
+                }
+            });
         Ok(Some(Tensor::from_vec(d, arg.shape(), arg.device())?))
     }
 }

@@ -1,2 +1,9 @@
-//! Criterion benchmarks of the approx kernels, each against candle's f32 op in the same group.
+//! Criterion benchmarks of the approx kernels and training steps, each group holding
+//! its f32 baseline measured in the same run:
+//!
+//! - `sc_conv`: the SC conv kernels on TinyConv's layers against candle's f32 conv2d;
+//! - `hw_conv`: the `mult`, `analog` and `fxp` kernels against candle's f32 conv2d;
+//! - `train_step`: a TinyConv training step in every execution mode on each hardware
+//!   kind, against the `float` step of the same model.
+//!
 //! The benchmarks are in `benches/`; run them with `cargo bench -p approx-benches`.

@@ -15,7 +15,7 @@ use approx_train::data::Dataset;
 use approx_train::io::{peak_rss_bytes, write_atomic};
 use approx_train::mode::ExecMode;
 use approx_train::schedule::Phases;
-use approx_train::trainer::{evaluate, on_large_stack, train};
+use approx_train::trainer::{evaluate, on_large_stack, train, EpochRecord};
 use serde::{Deserialize, Serialize};
 
 use super::data::DataArgs;
@@ -81,6 +81,18 @@ struct RunRecord {
     hw_accuracy: Option<f64>,
     /// Final float test accuracy (fraction).
     float_accuracy: f64,
+    /// Every epoch's mode, time and metrics: which part of the schedule cost what.
+    epochs: Vec<EpochRecord>,
+}
+
+/// The starting point every run fine-tunes from.
+#[derive(Debug, Serialize)]
+struct StartRecord {
+    /// Float test accuracy of the starting weights (fraction).
+    float_accuracy: f64,
+    /// Bit-accurate test accuracy of the starting weights on the hardware (fraction):
+    /// what deploying the float model unchanged would give.
+    hw_accuracy: f64,
 }
 
 /// The whole comparison (`--json`).
@@ -89,9 +101,13 @@ struct Record {
     model: String,
     hw: String,
     data: String,
+    /// Training and test images.
+    train_images: usize,
+    test_images: usize,
     epochs: usize,
     batch: usize,
     seed: u64,
+    start: StartRecord,
     baseline: RunRecord,
     accelerated: RunRecord,
     float: RunRecord,
@@ -126,7 +142,12 @@ pub fn run(args: Args) -> Result<()> {
         write_atomic(json, serde_json::to_string_pretty(&run)?.as_bytes())?;
         return Ok(());
     }
-    let record = on_large_stack(|| bench(&args, &hw, &train_set))?;
+    let record = on_large_stack(|| bench(&args, &hw, &train_set, &test_set))?;
+    println!(
+        "start: float {:.2} %, on the hardware {:.2} %",
+        100.0 * record.start.float_accuracy,
+        100.0 * record.start.hw_accuracy
+    );
     println!(
         "{:<12} {:>10} {:>12} {:>14} {:>12}",
         "run", "wall s", "peak MiB", "hw accuracy", "float acc."
@@ -158,7 +179,7 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn bench(args: &Args, hw: &HwMap, train_set: &Dataset) -> Result<Record> {
+fn bench(args: &Args, hw: &HwMap, train_set: &Dataset, test_set: &Dataset) -> Result<Record> {
     let start = match &args.model.weights {
         Some(w) => approx_models::hub::resolve(w).with_context(|| format!("--weights `{w}`"))?,
         None => {
@@ -179,6 +200,12 @@ fn bench(args: &Args, hw: &HwMap, train_set: &Dataset) -> Result<Record> {
             path
         }
     };
+    let model = build(args, Some(&start), train_set, hw, ExecMode::Float)?;
+    let start_record = StartRecord {
+        float_accuracy: evaluate(&model, test_set, ExecMode::Float, args.batch)?,
+        hw_accuracy: evaluate(&model, test_set, ExecMode::Accurate, args.batch)?,
+    };
+    drop(model);
     let baseline = in_child(args, &start, "baseline")?;
     let accelerated = in_child(args, &start, "accelerated")?;
     let float = in_child(args, &start, "float")?;
@@ -186,9 +213,12 @@ fn bench(args: &Args, hw: &HwMap, train_set: &Dataset) -> Result<Record> {
         model: args.model.model.to_string(),
         hw: hw.to_string(),
         data: args.data.data.to_string(),
+        train_images: train_set.len(),
+        test_images: test_set.len(),
         epochs: args.epochs,
         batch: args.batch,
         seed: args.seed,
+        start: start_record,
         speedup: baseline.wall_seconds / accelerated.wall_seconds,
         overhead_vs_float: accelerated.wall_seconds / float.wall_seconds,
         baseline,
@@ -228,7 +258,7 @@ fn measure(
         args.out.join(format!("{label}-checkpoint.safetensors")),
     );
     let mut bars = TrainProgress::new("run");
-    train(&model, train_set, None, &cfg, false, &STOP, &mut |e| {
+    let outcome = train(&model, train_set, None, &cfg, false, &STOP, &mut |e| {
         bars.on_event(e)
     })?;
     let hw_accuracy = (label != "float")
@@ -243,6 +273,7 @@ fn measure(
         peak_rss_bytes: peak_rss_bytes(),
         hw_accuracy,
         float_accuracy,
+        epochs: outcome.history,
     })
 }
 

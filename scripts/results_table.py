@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Writes RESULTS.md (to stdout) from the JSON records of scripts/results.sh.
+
+    results_table.py RUNS_DIR COMMAND
+
+RUNS_DIR holds one folder per model and data set with `pretrain.json` and one
+`approx bench train` record per hardware (`*.json`). COMMAND is the command line that
+produced them, printed in the header. Every number below comes from those records.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+# Largest accuracy loss of the accelerated schedule against the baseline, in points.
+TOLERANCE_POINTS = 0.5
+# Largest wall time of hardware-aware fine-tuning as a multiple of float fine-tuning.
+COST_TARGET = 2.0
+
+
+def machine():
+    """CPU model, hardware threads and memory of this machine, in words."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f", {int(line.split()[1]) / 2**20:.0f} GiB memory"
+                break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = ", AVX-512" if " avx512f" in text else ", AVX2 (no AVX-512)" if " avx2" in text else ""
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} hardware threads{flags}{mem}"
+
+
+def commit():
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def pct(x):
+    return f"{100 * x:.2f}"
+
+
+def mode_seconds(run, mode):
+    """Mean wall seconds of the run's epochs in `mode`, or None."""
+    times = [e["seconds"] for e in run.get("epochs", []) if e["mode"].lower() == mode]
+    return sum(times) / len(times) if times else None
+
+
+def fmt_s(x):
+    return "–" if x is None else f"{x:.1f}"
+
+
+def group_section(folder):
+    """The table of one model and data set, and its rows' facts for the summary."""
+    pretrain = json.loads((folder / "pretrain.json").read_text())
+    records = []
+    for path in sorted(folder.glob("*.json")):
+        if path.name != "pretrain.json":
+            records.append(json.loads(path.read_text()))
+    if not records:
+        return "", []
+    first = records[0]
+    lines = [
+        f"## {first['model']} on {pretrain['data'].split(':')[0]}",
+        "",
+        f"Float model: {pct(pretrain['float_accuracy'])} % test accuracy after "
+        f"{pretrain['epochs']} epochs of float pretraining ({pretrain['wall_seconds']:.0f} s). "
+        f"Fine-tuning: {first['train_images']:,} training images, {first['epochs']} epochs, "
+        f"batch {first['batch']}, seed {first['seed']}; accuracies on {first['test_images']:,} "
+        f"test images. Accelerated schedule `{first['accelerated']['schedule']}` with "
+        f"{first['accelerated']['checkpoint_segments']} checkpointed segments; baseline "
+        f"`{first['baseline']['schedule']}`.",
+        "",
+        "| hardware | float model on the hardware | accelerated | baseline | accelerated − baseline (points) | accelerated s | baseline s | float fine-tune s | speed-up | cost vs float |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    facts = []
+    for r in records:
+        acc = r["accelerated"]["hw_accuracy"]
+        base = r["baseline"]["hw_accuracy"]
+        delta = 100 * (acc - base)
+        lines.append(
+            f"| `{r['hw']}` | {pct(r['start']['hw_accuracy'])} % | {pct(acc)} % | {pct(base)} % "
+            f"| {delta:+.2f} | {r['accelerated']['wall_seconds']:.1f} | {r['baseline']['wall_seconds']:.1f} "
+            f"| {r['float']['wall_seconds']:.1f} | {r['speedup']:.2f}x | {r['overhead_vs_float']:.2f}x |"
+        )
+        facts.append((first["model"], r, delta))
+    lines += [
+        "",
+        "Seconds per epoch by training mode (training and the epoch's bookkeeping; the "
+        "final evaluations are in the wall times above):",
+        "",
+        "| hardware | float | inject (accelerated) | accurate (accelerated, checkpointed) | accurate (baseline) | inject / accurate |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        fl = mode_seconds(r["float"], "float")
+        inj = mode_seconds(r["accelerated"], "inject")
+        acc_ck = mode_seconds(r["accelerated"], "accurate")
+        acc = mode_seconds(r["baseline"], "accurate")
+        ratio = f"{inj / acc:.2f}" if inj and acc else "–"
+        lines.append(
+            f"| `{r['hw']}` | {fmt_s(fl)} | {fmt_s(inj)} | {fmt_s(acc_ck)} | {fmt_s(acc)} | {ratio} |"
+        )
+    lines.append("")
+    return "\n".join(lines), facts
+
+
+def summary(facts):
+    if not facts:
+        return "No rows yet.\n"
+    within = [f for f in facts if f[2] >= -TOLERANCE_POINTS]
+    cheap = [f for f in facts if f[1]["overhead_vs_float"] <= COST_TARGET]
+    speedups = sorted(f[1]["speedup"] for f in facts)
+    costs = sorted(f[1]["overhead_vs_float"] for f in facts)
+    worst = min(facts, key=lambda f: f[2])
+    by_kind = {}
+    for _, r, _ in facts:
+        by_kind.setdefault(r["hw"].split(":")[0], []).append(r["speedup"])
+    kinds = ", ".join(
+        f"`{k}` {min(v):.2f}x–{max(v):.2f}x" for k, v in sorted(by_kind.items())
+    )
+    return "\n".join([
+        f"- Rows: {len(facts)}. The accelerated schedule ends within {TOLERANCE_POINTS} points of "
+        f"the baseline's bit-accurate accuracy (or above it) on {len(within)} of them; the "
+        f"largest shortfall is {-worst[2]:.2f} points (`{worst[1]['hw']}`, {worst[0]}).",
+        f"- Speed-up of the accelerated schedule over the baseline: {speedups[0]:.2f}x to "
+        f"{speedups[-1]:.2f}x (median {speedups[len(speedups) // 2]:.2f}x); by kind: {kinds}.",
+        f"- Wall time of the accelerated schedule over float fine-tuning of the same epochs: "
+        f"{costs[0]:.2f}x to {costs[-1]:.2f}x; {len(cheap)} of {len(facts)} rows within the "
+        f"{COST_TARGET:.0f}x target.",
+        "",
+    ])
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit("usage: results_table.py RUNS_DIR COMMAND")
+    runs = Path(sys.argv[1])
+    sections, facts = [], []
+    for folder in sorted(p for p in runs.iterdir() if (p / "pretrain.json").is_file()):
+        text, rows = group_section(folder)
+        if text:
+            sections.append(text)
+            facts += rows
+    settings = " ".join(
+        f"{k}={os.environ[k]}"
+        for k in ["TRAIN_IMAGES", "TEST_IMAGES", "PRETRAIN_EPOCHS", "EPOCHS", "SCHEDULE", "BATCH"]
+        if os.environ.get(k)
+    )
+    command = f"{settings} {sys.argv[2]}".strip()
+    print("# Results: hardware-aware fine-tuning, measured\n")
+    print(
+        "Written by `scripts/results.sh` from the records of real runs of `approx bench train` "
+        "(edit the script, not this file). Each row fine-tunes the same float weights three "
+        "ways in fresh processes: the **baseline** (bit-accurate forward every step, no "
+        "checkpointing), the **accelerated** schedule (error injection with calibration, then "
+        "bit-accurate epochs, with gradient checkpointing) and plain **float** training of the "
+        "same epochs. Accuracies are bit-accurate test accuracies on the hardware; wall times "
+        "include the run's final bit-accurate evaluation (not the float run's).\n"
+    )
+    print(f"- Machine: {machine()}.")
+    print(f"- Code: commit `{commit()}`, release build.")
+    print(f"- Command: `{command}` (data from `scripts/fetch-data.sh`).\n")
+    print("## Summary\n")
+    print(summary(facts))
+    print("\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()
