@@ -6,11 +6,13 @@
 #   scripts/fetch-data.sh fashion-mnist DATA/fashion-mnist
 #   scripts/results.sh DATA [RUNS]            (RUNS: default results-runs/)
 #
-# Settings (environment; defaults in brackets): TRAIN_IMAGES [all 60,000], TEST_IMAGES
-# [all 10,000], PRETRAIN_EPOCHS [2], EPOCHS [2], SCHEDULE [inject:1,accurate:1], BATCH
-# [64], MODELS [all three model/data pairs], HWS [the eight below]. Every finished row is kept in RUNS as
-# JSON and skipped when the script runs again, so an interrupted run resumes; delete
-# RUNS to start afresh. The table is written from whatever rows exist.
+# Settings (environment; defaults in brackets): TRAIN_IMAGES [all 60,000] fine-tuning
+# images, PRETRAIN_IMAGES [all] float pretraining images, TEST_IMAGES [all 10,000],
+# PRETRAIN_EPOCHS [2], EPOCHS [2], SCHEDULE [inject:1,accurate:1], BATCH [64], MODELS
+# [tinyconv/fashion-mnist tinyconv/mnist lenet5/mnist], HWS [the eight below]. Every
+# finished row is kept in RUNS as JSON and skipped when the script runs again, so an
+# interrupted run resumes; delete RUNS to start afresh. The table is written from
+# whatever rows exist.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 DATA_DIR [RUNS_DIR]" >&2; exit 2; }
 data=$(cd "$1" && pwd)
@@ -20,6 +22,7 @@ mkdir -p "$runs"
 runs=$(cd "$runs" && pwd)
 
 train_images=${TRAIN_IMAGES:-}
+pretrain_images=${PRETRAIN_IMAGES:-}
 test_images=${TEST_IMAGES:-}
 pretrain_epochs=${PRETRAIN_EPOCHS:-2}
 epochs=${EPOCHS:-2}
@@ -34,6 +37,9 @@ approx="$root/target/release/approx"
 sizes=()
 [ -n "$train_images" ] && sizes+=(--train-images "$train_images")
 [ -n "$test_images" ] && sizes+=(--test-images "$test_images")
+pretrain_sizes=()
+[ -n "$pretrain_images" ] && pretrain_sizes+=(--train-images "$pretrain_images")
+[ -n "$test_images" ] && pretrain_sizes+=(--test-images "$test_images")
 
 for group in "${groups[@]}"; do
     model=${group%/*}
@@ -42,7 +48,7 @@ for group in "${groups[@]}"; do
     mkdir -p "$dir"
     if [ ! -f "$dir/float.safetensors" ]; then
         echo "== $group: float pretraining, $pretrain_epochs epochs"
-        "$approx" -q pretrain --model "$model" --data "$set_name:$data/$set_name" "${sizes[@]}" \
+        "$approx" -q pretrain --model "$model" --data "$set_name:$data/$set_name" "${pretrain_sizes[@]}" \
             --epochs "$pretrain_epochs" --batch "$batch" \
             --out "$dir/float.safetensors" --json "$dir/pretrain.json"
     fi

@@ -167,7 +167,7 @@ def main():
             facts += rows
     settings = " ".join(
         f"{k}={os.environ[k]}"
-        for k in ["TRAIN_IMAGES", "TEST_IMAGES", "PRETRAIN_EPOCHS", "EPOCHS", "SCHEDULE", "BATCH"]
+        for k in ["TRAIN_IMAGES", "PRETRAIN_IMAGES", "TEST_IMAGES", "PRETRAIN_EPOCHS", "EPOCHS", "SCHEDULE", "BATCH"]
         if os.environ.get(k)
     )
     command = f"{settings} {sys.argv[2]}".strip()
