@@ -40,21 +40,39 @@ fn eval(c: &[f64; DEGREE + 1], x: f64) -> f64 {
 }
 
 impl Calibration {
-    /// `bias(x)`.
+    /// `bias(x)`, with `x` held inside the fitted range (see [`Calibration::clamp`]).
     pub fn bias(&self, x: f64) -> f64 {
-        eval(&self.bias, x)
+        eval(&self.bias, self.clamp(x))
     }
 
-    /// `bias′(x)`.
+    /// `bias′(x)`: 0 outside the fitted range, where `bias` is held constant.
     pub fn bias_derivative(&self, x: f64) -> f64 {
+        if self.clamp(x) != x {
+            return 0.0;
+        }
         (1..=DEGREE)
             .rev()
             .fold(0.0, |acc, k| acc * x + k as f64 * self.bias[k])
     }
 
-    /// `std(x)`, clamped at 0 (a fitted polynomial can dip below zero between bins).
+    /// `std(x)`, with `x` held inside the fitted range and the result clamped at 0 (a
+    /// fitted polynomial can dip below zero between bins).
     pub fn std(&self, x: f64) -> f64 {
-        eval(&self.std, x).max(0.0)
+        eval(&self.std, self.clamp(x)).max(0.0)
+    }
+
+    /// `x` clamped into [`Calibration::range`]. Outside the values the fit saw the
+    /// polynomials are extrapolations that grow like `x^5`: a fit on `[0, 0.3]` can
+    /// inject errors of thousands at `x = 2`, which wrecks the batch-norm statistics
+    /// of the layers behind. So the error model keeps its edge values there. An
+    /// empty range (calibrations saved before ranges were recorded) leaves `x` as is.
+    pub fn clamp(&self, x: f64) -> f64 {
+        let [lo, hi] = self.range;
+        if lo < hi {
+            x.clamp(lo, hi)
+        } else {
+            x
+        }
     }
 
     /// Fits bias and std from the approximation's values `approx` and the bit-accurate
@@ -179,6 +197,28 @@ fn least_squares(x: &[f64], y: &[f64]) -> [f64; DEGREE + 1] {
 
 #[cfg(test)]
 mod tests {
+    /// Outside the fitted range the error model holds its edge values instead of
+    /// extrapolating the polynomials.
+    #[test]
+    fn polynomials_are_held_at_the_edges_of_the_fitted_range() {
+        let cal = Calibration {
+            bias: [0.0, 1.0, -40.0, 300.0, -900.0, 1000.0],
+            std: [0.01, 0.0, 0.0, 0.0, 0.0, 5000.0],
+            range: [0.1, 0.3],
+        };
+        assert_eq!(cal.bias(2.0), cal.bias(0.3));
+        assert_eq!(cal.bias(-1.0), cal.bias(0.1));
+        assert_eq!(cal.std(2.0), cal.std(0.3));
+        assert!(cal.bias(2.0).abs() < 10.0 && cal.std(2.0) < 20.0);
+        assert_eq!(cal.bias_derivative(2.0), 0.0);
+        assert_ne!(cal.bias_derivative(0.2), 0.0);
+        let unknown = Calibration {
+            range: [0.0, 0.0],
+            ..cal
+        };
+        assert_eq!(unknown.bias(2.0), eval(&cal.bias, 2.0));
+    }
+
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
