@@ -63,6 +63,6 @@ for group in "${groups[@]}"; do
 done
 
 python3 "$root/scripts/results_table.py" "$runs" \
-    "scripts/results.sh DATA $(basename "$runs")" > "$root/RESULTS.md.tmp"
+    "scripts/results.sh DATA $(basename "$runs")" "${groups[@]}" > "$root/RESULTS.md.tmp"
 mv "$root/RESULTS.md.tmp" "$root/RESULTS.md"
 echo "wrote $root/RESULTS.md"

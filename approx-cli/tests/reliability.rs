@@ -92,6 +92,56 @@ fn a_run_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
     }
 }
 
+/// A run killed in the middle of writing a checkpoint resumes from the last complete
+/// one to the uninterrupted result, and the partial temporary file is cleaned up. The
+/// kill is exact: `ulimit -f` just above the largest pretraining checkpoint, so that
+/// the kernel kills the process (SIGXFSZ) mid-write of the first fine-tuning
+/// checkpoint, which is larger (it also holds the calibrations).
+#[test]
+fn a_run_killed_during_a_checkpoint_write_resumes_to_the_uninterrupted_result() {
+    use std::os::unix::process::ExitStatusExt;
+    const SIGXFSZ: i32 = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference");
+    let o = finetune(&reference, &[]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pretrain_bytes = std::fs::metadata(reference.join("pretrain-checkpoint.safetensors"))
+        .unwrap()
+        .len();
+    let blocks = pretrain_bytes.div_ceil(1024);
+
+    let out = dir.path().join("killed");
+    let o = with_limits(
+        &finetune(&out, &[]),
+        &format!("ulimit -c 0; ulimit -f {blocks}"),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        o.status.signal(),
+        Some(SIGXFSZ),
+        "the run was not killed by the file-size limit ({}): {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let partial: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(
+        partial
+            .iter()
+            .any(|n| n.starts_with(".finetune-checkpoint")),
+        "killed outside a checkpoint write: {partial:?}"
+    );
+
+    let o = finetune(&out, &["--resume"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(model_bytes(&out), model_bytes(&reference));
+    assert_no_partial_files(&out);
+}
+
 #[test]
 fn one_and_two_threads_give_the_same_model() {
     let dir = tempfile::tempdir().unwrap();

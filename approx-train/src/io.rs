@@ -8,7 +8,8 @@ use candle_core::{DType, Tensor};
 
 /// Writes `bytes` to `path` through a temporary file in the same folder (written,
 /// synced, renamed over `path`, folder synced), so the file appears whole or not at
-/// all, even if the process is killed mid-write. The error names the path.
+/// all, even if the process is killed mid-write; the next write of `path` removes such
+/// a killed write's temporary file. The error names the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let with_path = |e: std::io::Error| {
         std::io::Error::new(e.kind(), format!("cannot write `{}`: {e}", path.display()))
@@ -44,7 +45,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
         return Err(with_path(e));
     }
+    remove_stale_temporaries(dir, &name.to_string_lossy());
     Ok(())
+}
+
+/// Removes the temporary files of earlier writes of `name` in `dir` whose process is
+/// gone (killed mid-write: the target itself is whole, but the partial temporary file
+/// stayed). Best effort, and only where `/proc` tells which processes are alive.
+fn remove_stale_temporaries(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp");
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Writes `tensors` (stored as f32) with string `metadata` to a safetensors file at
@@ -151,6 +179,12 @@ mod tests {
             1,
             "temporary file left behind"
         );
+        // A temporary file of a killed writer (a process that no longer exists) goes
+        // with the next write of the same file.
+        let stale = dir.path().join(format!(".out.bin.tmp{}", u32::MAX));
+        std::fs::write(&stale, b"partial").unwrap();
+        write_atomic(&path, b"third").unwrap();
+        assert!(!stale.exists());
         let bad = dir.path().join("missing/out.bin");
         let err = write_atomic(&bad, b"x").unwrap_err().to_string();
         assert!(err.contains("missing/out.bin"), "{err}");
