@@ -2,7 +2,7 @@
 //! killed with SIGKILL at random moments and resumed each time ends with the same model
 //! file as an uninterrupted run, and one and two threads give the same bits.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -211,24 +211,41 @@ fn a_full_disk_is_a_clear_error_and_leaves_no_partial_file() {
 
 /// A read-only output folder is refused before any work, naming the folder, and
 /// `simulate` into it fails without a file. As root (who may write anywhere) the
-/// commands run as the unprivileged user 65534.
+/// commands run as the unprivileged user 65534, from copies of the binary and input in
+/// the test's folder (the checkout may sit where that user cannot reach).
 #[test]
 fn a_read_only_output_folder_is_a_clear_error() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = std::fs::metadata(dir.path()).unwrap().uid() == 0;
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sc-conv.safetensors");
+    let (bin, input) = if root {
+        let (bin, input) = (
+            dir.path().join("approx"),
+            dir.path().join("input.safetensors"),
+        );
+        std::fs::copy(env!("CARGO_BIN_EXE_approx"), &bin).unwrap();
+        std::fs::copy(&example, &input).unwrap();
+        std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).unwrap();
+        (bin, input)
+    } else {
+        (PathBuf::from(env!("CARGO_BIN_EXE_approx")), example)
+    };
     let out = dir.path().join("read-only");
     std::fs::create_dir(&out).unwrap();
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o555)).unwrap();
-    let unprivileged = |mut cmd: Command| -> Command {
-        if std::fs::metadata(dir.path()).unwrap().uid() == 0 {
+    let run = |args: Vec<&std::ffi::OsStr>| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        if root {
             cmd.uid(65534).gid(65534);
         }
-        cmd
+        cmd.output().unwrap()
     };
 
-    let o = unprivileged(finetune(&out, &[])).output().unwrap();
+    let o = run(finetune(&out, &[]).get_args().collect());
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(
@@ -239,16 +256,18 @@ fn a_read_only_output_folder_is_a_clear_error() {
         "{stderr}"
     );
 
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sc-conv.safetensors");
     let target = out.join("out.safetensors");
-    let mut simulate = Command::new(env!("CARGO_BIN_EXE_approx"));
-    simulate
-        .args(["simulate", "--hw", "sc", "--op", "conv2d", "--input"])
-        .arg(&example)
-        .arg("--output")
-        .arg(&target)
-        .stderr(Stdio::piped());
-    let o = unprivileged(simulate).output().unwrap();
+    let o = run(vec![
+        "simulate".as_ref(),
+        "--hw".as_ref(),
+        "sc".as_ref(),
+        "--op".as_ref(),
+        "conv2d".as_ref(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--output".as_ref(),
+        target.as_os_str(),
+    ]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(
