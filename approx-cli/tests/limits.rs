@@ -8,8 +8,12 @@
 //! any of these requests would need far more, so a loader that allocated before
 //! checking would die of an allocation failure instead of printing the expected error.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::with_limits;
 
 /// Address-space cap of every command here, in KiB.
 const ADDRESS_SPACE_KIB: u64 = 4 << 20;
@@ -17,14 +21,9 @@ const ADDRESS_SPACE_KIB: u64 = 4 << 20;
 /// Runs `approx ARGS` under the address-space cap, with two worker threads (each
 /// thread reserves address space of its own).
 fn approx_capped(args: &[&str]) -> Output {
-    Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -v {ADDRESS_SPACE_KIB} && exec \"$0\" \"$@\""
-        ))
-        .arg(env!("CARGO_BIN_EXE_approx"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
+    let mut approx = Command::new(env!("CARGO_BIN_EXE_approx"));
+    approx.args(args).env("RAYON_NUM_THREADS", "2");
+    with_limits(&approx, &format!("ulimit -v {ADDRESS_SPACE_KIB}"))
         .output()
         .expect("bash runs")
 }

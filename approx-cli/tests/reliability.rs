@@ -2,9 +2,13 @@
 //! killed with SIGKILL at random moments and resumed each time ends with the same model
 //! file as an uninterrupted run, and one and two threads give the same bits.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
+
+use common::with_limits;
 
 /// A short fine-tune of TinyConv on 256 embedded images into `out`.
 fn finetune(out: &Path, extra: &[&str]) -> Command {
@@ -156,20 +160,6 @@ fn one_and_two_threads_give_the_same_model() {
         models.push(model_bytes(&out));
     }
     assert_eq!(models[0], models[1]);
-}
-
-/// `cmd` run through bash with `limits` (shell commands such as `ulimit -f 100`)
-/// applied first.
-fn with_limits(cmd: &Command, limits: &str) -> Command {
-    let mut limited = Command::new("bash");
-    limited
-        .arg("-c")
-        .arg(format!("{limits} && exec \"$0\" \"$@\""))
-        .arg(cmd.get_program())
-        .args(cmd.get_args())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    limited
 }
 
 /// Checks that `out` holds no temporary file and that every safetensors file in it

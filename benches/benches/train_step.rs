@@ -70,12 +70,7 @@ fn train_step(c: &mut Criterion) {
             .expect("optimizer");
         let mut group = c.benchmark_group(format!("train-step-{spec}"));
         group.sample_size(10);
-        for mode in [
-            ExecMode::Float,
-            ExecMode::ApproxFn,
-            ExecMode::Inject,
-            ExecMode::Accurate,
-        ] {
+        for mode in ExecMode::ALL {
             net.set_mode(mode);
             if mode == ExecMode::Inject {
                 for l in net.hw_layers() {
