@@ -32,6 +32,10 @@ pub fn im2col<T: Copy + Default>(
         for i in 0..kh {
             for j in 0..kw {
                 let row = &mut out[((c * kh + i) * kw + j) * len..][..len];
+                // Output columns ox whose input column ox·sx + j − px lies inside
+                // 0..w: ceil((px − j) / sx) <= ox <= (w − 1 + px − j) / sx.
+                let lo = px.saturating_sub(j).div_ceil(sx);
+                let hi = (w + px).checked_sub(j + 1).map_or(0, |v| v / sx + 1);
                 for run in &runs {
                     let dst = &mut row[run.col..run.col + run.width];
                     let y = (run.oy * sy + i).wrapping_sub(py);
@@ -40,12 +44,7 @@ pub fn im2col<T: Copy + Default>(
                         continue;
                     }
                     let src = &input[run.image * geo.in_channels * h * w + (c * h + y) * w..][..w];
-                    // Output columns ox whose input column ox·sx + j − px lies inside
-                    // 0..w: ceil((px − j) / sx) <= ox <= (w − 1 + px − j) / sx.
-                    let x_of = |ox: usize| ox * sx + j - px;
                     let end = run.ox + run.width;
-                    let lo = px.saturating_sub(j).div_ceil(sx);
-                    let hi = (w + px).checked_sub(j + 1).map_or(0, |v| v / sx + 1);
                     let first = lo.clamp(run.ox, end);
                     let last = hi.clamp(first, end);
                     let (lead, rest) = dst.split_at_mut(first - run.ox);
@@ -55,12 +54,12 @@ pub fn im2col<T: Copy + Default>(
                     if body.is_empty() {
                         continue;
                     }
+                    let x0 = first * sx + j - px;
                     if sx == 1 {
-                        let x0 = x_of(first);
                         body.copy_from_slice(&src[x0..x0 + body.len()]);
                     } else {
-                        for (d, ox) in body.iter_mut().zip(first..last) {
-                            *d = src[x_of(ox)];
+                        for (d, s) in body.iter_mut().zip(src[x0..].iter().step_by(sx)) {
+                            *d = *s;
                         }
                     }
                 }
@@ -136,9 +135,19 @@ pub fn col2im_image(geo: &ConvGeometry, cols: &[f32], out: &mut [f32]) {
                         continue;
                     }
                     let dst = &mut plane[y * w..][..w];
-                    let src = &row[oy * ow..][..ow];
-                    for ox in lo..hi {
-                        dst[ox * sx + j - px] += src[ox];
+                    let src = &row[oy * ow..][lo..hi];
+                    if src.is_empty() {
+                        continue;
+                    }
+                    let x0 = lo * sx + j - px;
+                    if sx == 1 {
+                        for (d, s) in dst[x0..x0 + src.len()].iter_mut().zip(src) {
+                            *d += s;
+                        }
+                    } else {
+                        for (d, s) in dst[x0..].iter_mut().step_by(sx).zip(src) {
+                            *d += s;
+                        }
                     }
                 }
             }

@@ -18,6 +18,7 @@ pub mod hub;
 mod hwmap;
 pub mod model_file;
 mod norm;
+mod pointwise;
 mod sequential;
 pub mod store;
 pub mod untrusted;

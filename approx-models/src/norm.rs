@@ -4,7 +4,8 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 
 use crate::store::{Init, ParamStore};
-use approx_train::storage::f32_values;
+use approx_train::storage::{f32_values, with_f32_values};
+use rayon::prelude::*;
 
 /// PyTorch's default batch-norm momentum and epsilon.
 const MOMENTUM: f64 = 0.1;
@@ -66,9 +67,9 @@ impl BatchNorm {
     pub fn forward_with(&self, x: &Tensor, train: bool, update: bool) -> Result<Tensor> {
         let (n, c) = (x.dim(0)?, x.dim(1)?);
         let inner = x.elem_count() / (n * c).max(1);
-        let data = x.flatten_all()?.to_vec1::<f32>()?;
         let (mean, var) = if train {
-            let (mean, var) = channel_stats(&data, n, c, inner);
+            let (mean, var) =
+                with_f32_values(x, "batch norm", |data| channel_stats(data, n, c, inner))?;
             let count = (n * inner) as f32;
             let unbiased: Vec<f32> = var
                 .iter()
@@ -117,27 +118,74 @@ impl BatchNorm {
     }
 }
 
-/// Per-channel mean and biased variance of `[n, c, inner]` data.
+/// Per-channel mean and biased variance of `[n, c, inner]` data, in two passes (the
+/// variance about the mean, which loses nothing to cancellation), channels in
+/// parallel. Each channel's sums run in a fixed order, whatever the thread count.
 fn channel_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut sum = vec![0f64; c];
-    let mut sq = vec![0f64; c];
-    for img in x.chunks(c * inner) {
-        for (ch, plane) in img.chunks(inner).enumerate() {
-            let (s, q) = plane.iter().fold((0f64, 0f64), |(s, q), &v| {
-                (s + f64::from(v), q + f64::from(v) * f64::from(v))
-            });
-            sum[ch] += s;
-            sq[ch] += q;
+    let count = (n * inner).max(1) as f64;
+    let planes = |ch: usize| (0..n).map(move |img| &x[(img * c + ch) * inner..][..inner]);
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mean = planes(ch).map(|p| lane_sum(p, |v| v)).sum::<f64>() / count;
+            let m = mean as f32;
+            let var = planes(ch)
+                .map(|p| lane_sum(p, |v| (v - m) * (v - m)))
+                .sum::<f64>()
+                / count;
+            (mean as f32, var as f32)
+        })
+        .unzip()
+}
+
+/// `Σ f(v)` over `values`, in eight f32 lanes (so that it vectorises) added up in f64.
+fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut lanes = [0f32; 8];
+    let mut chunks = values.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l += f(v);
         }
     }
-    let count = (n * inner).max(1) as f64;
-    let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
-    let var = sq
-        .iter()
-        .zip(&mean)
-        .map(|(q, m)| ((q / count) - m * m).max(0.0) as f32)
-        .collect();
-    (mean.into_iter().map(|m| m as f32).collect(), var)
+    let rest: f64 = chunks.remainder().iter().map(|&v| f64::from(f(v))).sum();
+    lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + rest
+}
+
+/// Per-channel `Σ g` and `Σ g·x̂` over `[n, c, inner]` gradients `g` and inputs `x`
+/// (`x̂ = (x − mean)·inv_std`), channels in parallel.
+fn grad_sums(
+    x: &[f32],
+    g: &[f32],
+    (n, c, inner): (usize, usize, usize),
+    mean: &[f32],
+    inv_std: &[f32],
+) -> (Vec<f64>, Vec<f64>) {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (m, i) = (mean[ch], inv_std[ch]);
+            let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+            for img in 0..n {
+                let at = (img * c + ch) * inner;
+                let (xp, gp) = (&x[at..][..inner], &g[at..][..inner]);
+                sum_g += lane_sum(gp, |v| v);
+                let mut lanes = [0f32; 8];
+                let (mut xc, mut gc) = (xp.chunks_exact(8), gp.chunks_exact(8));
+                for (xs, gs) in (&mut xc).zip(&mut gc) {
+                    for ((l, &v), &d) in lanes.iter_mut().zip(xs).zip(gs) {
+                        *l += d * ((v - m) * i);
+                    }
+                }
+                sum_gx += lanes.iter().map(|&l| f64::from(l)).sum::<f64>()
+                    + xc.remainder()
+                        .iter()
+                        .zip(gc.remainder())
+                        .map(|(&v, &d)| f64::from(d * ((v - m) * i)))
+                        .sum::<f64>();
+            }
+            (sum_g, sum_gx)
+        })
+        .unzip()
 }
 
 /// `y = γ·(x − μ)·inv_std + β` per channel over (x, γ, β); or, quantized, the value
@@ -172,8 +220,11 @@ impl CustomOp3 for BatchNormOp {
         let dims = l1.dims();
         let (c, inner) = (dims[1], dims[2..].iter().product::<usize>());
         let mut y = vec![0f32; x.len()];
-        for (img_out, img) in y.chunks_mut(c * inner).zip(x.chunks(c * inner)) {
-            for ch in 0..c {
+        y.par_chunks_mut(inner)
+            .zip(x.par_chunks(inner))
+            .enumerate()
+            .for_each(|(plane, (dst, src))| {
+                let ch = plane % c;
                 let (k, b) = match &self.quantized {
                     Some((kq, bq)) => (kq[ch], bq[ch]),
                     None => {
@@ -181,15 +232,10 @@ impl CustomOp3 for BatchNormOp {
                         (k, beta[ch] - self.mean[ch] * k)
                     }
                 };
-                let (src, dst) = (
-                    &img[ch * inner..][..inner],
-                    &mut img_out[ch * inner..][..inner],
-                );
                 for (d, &v) in dst.iter_mut().zip(src) {
                     *d = v * k + b;
                 }
-            }
-        }
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -203,47 +249,32 @@ impl CustomOp3 for BatchNormOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dims = x.dims().to_vec();
         let (n, c, inner) = (dims[0], dims[1], dims[2..].iter().product::<usize>());
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
-        let g = grad.flatten_all()?.to_vec1::<f32>()?;
         let gm = gamma.to_vec1::<f32>()?;
-        // Per channel: Σg and Σg·x̂.
-        let (mut sum_g, mut sum_gx) = (vec![0f64; c], vec![0f64; c]);
-        for (img_x, img_g) in xv.chunks(c * inner).zip(g.chunks(c * inner)) {
-            for ch in 0..c {
-                let (m, i) = (self.mean[ch], self.inv_std[ch]);
-                for (&v, &d) in img_x[ch * inner..][..inner]
-                    .iter()
-                    .zip(&img_g[ch * inner..][..inner])
-                {
-                    sum_g[ch] += f64::from(d);
-                    sum_gx[ch] += f64::from(d) * f64::from((v - m) * i);
-                }
-            }
-        }
         let count = (n * inner) as f64;
-        let mut dx = vec![0f32; xv.len()];
-        for ((img_dx, img_x), img_g) in dx
-            .chunks_mut(c * inner)
-            .zip(xv.chunks(c * inner))
-            .zip(g.chunks(c * inner))
-        {
-            for ch in 0..c {
-                let (m, i) = (self.mean[ch], self.inv_std[ch]);
-                let scale = gm[ch] * i;
-                let (mg, mgx) = ((sum_g[ch] / count) as f32, (sum_gx[ch] / count) as f32);
-                for ((d, &v), &gg) in img_dx[ch * inner..][..inner]
-                    .iter_mut()
-                    .zip(&img_x[ch * inner..][..inner])
-                    .zip(&img_g[ch * inner..][..inner])
-                {
-                    *d = if self.batch_stats {
-                        scale * (gg - mg - (v - m) * i * mgx)
-                    } else {
-                        scale * gg
-                    };
-                }
-            }
-        }
+        let (mean, inv_std) = (&self.mean, &self.inv_std);
+        let (dx, sum_g, sum_gx) = with_f32_values(x, "batch norm backward", |xv| {
+            with_f32_values(grad, "batch norm backward", |g| {
+                let (sum_g, sum_gx) = grad_sums(xv, g, (n, c, inner), mean, inv_std);
+                let mut dx = vec![0f32; xv.len()];
+                dx.par_chunks_mut(inner)
+                    .zip(xv.par_chunks(inner).zip(g.par_chunks(inner)))
+                    .enumerate()
+                    .for_each(|(plane, (dst, (xp, gp)))| {
+                        let ch = plane % c;
+                        let (m, i) = (mean[ch], inv_std[ch]);
+                        let scale = gm[ch] * i;
+                        let (mg, mgx) = ((sum_g[ch] / count) as f32, (sum_gx[ch] / count) as f32);
+                        for ((d, &v), &gg) in dst.iter_mut().zip(xp).zip(gp) {
+                            *d = if self.batch_stats {
+                                scale * (gg - mg - (v - m) * i * mgx)
+                            } else {
+                                scale * gg
+                            };
+                        }
+                    });
+                (dx, sum_g, sum_gx)
+            })
+        })??;
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, dims, dev)?),

@@ -20,6 +20,7 @@ use candle_core::{Result, Tensor, Var};
 use crate::attention::{ActivationMatmul, LayerNorm, SelfAttention, Tokens};
 use crate::hwmap::HwMap;
 use crate::norm::BatchNorm;
+use crate::pointwise;
 use crate::store::{Init, LoadError, ParamStore};
 
 /// One step of a sequential model.
@@ -340,9 +341,9 @@ impl Step {
             Step::BatchNorm(bn) => {
                 bn.forward_with(h, ctx.train, ctx.train && ctx.pass == Pass::Forward)
             }
-            Step::Relu => h.relu(),
-            Step::Hardtanh { min, max } => h.clamp(*min, *max),
-            Step::AvgPool(k) => avg_pool(h, *k),
+            Step::Relu => pointwise::clamp(h, 0.0, f32::INFINITY),
+            Step::Hardtanh { min, max } => pointwise::clamp(h, *min, *max),
+            Step::AvgPool(k) => pointwise::avg_pool(h, *k),
             Step::AvgPoolPadded {
                 kernel,
                 stride,
@@ -557,20 +558,6 @@ impl Model for Sequential {
             l.set_step(step);
         }
     }
-}
-
-/// `k x k` average pooling with stride `k` (trailing rows and columns that do not fill
-/// a window are dropped, as PyTorch's `AvgPool2d` does), as a reshape and two means:
-/// candle's own pooling backward goes through a slow index-dividing upsampling.
-fn avg_pool(x: &Tensor, k: usize) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let (oh, ow) = (h / k, w / k);
-    let x = if oh * k != h || ow * k != w {
-        x.narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)?.contiguous()?
-    } else {
-        x.clone()
-    };
-    x.reshape((n, c, oh, k, ow, k))?.mean(5)?.mean(3)
 }
 
 /// Average pooling with overlapping windows and zero padding (counted in the mean), as

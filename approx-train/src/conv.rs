@@ -85,56 +85,76 @@ fn forward(geo: &ConvGeometry, input: &[f32], weight: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; geo.batch * out_ch * pixels];
     out.par_chunks_mut(out_ch * pixels)
         .enumerate()
-        .for_each(|(n, out)| {
-            let mut col = vec![0f32; fan_in * pixels];
-            im2col(geo, input, n * pixels..(n + 1) * pixels, &mut col);
-            gemm_rm(
-                out_ch,
-                pixels,
-                fan_in,
-                (weight, false),
-                (&col, false),
-                out,
-                false,
-            );
-        });
+        .for_each_init(
+            || vec![0f32; fan_in * pixels],
+            |col, (n, out)| {
+                im2col(geo, input, n * pixels..(n + 1) * pixels, col);
+                gemm_rm(
+                    out_ch,
+                    pixels,
+                    fan_in,
+                    (weight, false),
+                    (col, false),
+                    out,
+                    false,
+                );
+            },
+        );
     out
 }
 
-/// Input and weight gradients of the conv for the output gradient `grad`.
+/// Input (when `with_input_grad`) and weight gradients of the conv for the output
+/// gradient `grad`. A network's first conv reads data, which needs no gradient: its
+/// input gradient is a GEMM and a scatter as large as the weight gradient's.
 fn backward(
     geo: &ConvGeometry,
     input: &[f32],
     weight: &[f32],
     grad: &[f32],
-) -> (Vec<f32>, Vec<f32>) {
+    with_input_grad: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
     let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
     let image = geo.in_channels * geo.in_size.0 * geo.in_size.1;
-    let mut dx = vec![0f32; geo.batch * image];
+    let mut dx = vec![
+        0f32;
+        if with_input_grad {
+            geo.batch * image
+        } else {
+            0
+        }
+    ];
     // Weight gradients are summed in a fixed number of image groups, then the groups
     // in order: the float sum is the same whatever the thread count or scheduling
     // (rayon's fold/reduce splits by work stealing, which changes the rounding).
     let per_group = geo.batch.div_ceil(WEIGHT_GRAD_GROUPS).max(1);
-    let partials: Vec<Vec<f32>> = dx
-        .par_chunks_mut(image * per_group)
+    let groups = geo.batch.div_ceil(per_group);
+    let mut dx_groups: Vec<&mut [f32]> = if with_input_grad {
+        dx.chunks_mut(image * per_group).collect()
+    } else {
+        (0..groups).map(|_| Default::default()).collect()
+    };
+    let partials: Vec<Vec<f32>> = dx_groups
+        .par_iter_mut()
         .enumerate()
         .map(|(group, dx)| {
             let mut dw = vec![0f32; out_ch * fan_in];
             let mut col = vec![0f32; fan_in * pixels];
-            for (i, dx) in dx.chunks_mut(image).enumerate() {
-                let n = group * per_group + i;
+            let images = group * per_group..((group + 1) * per_group).min(geo.batch);
+            for (i, n) in images.enumerate() {
                 let g = &grad[n * out_ch * pixels..][..out_ch * pixels];
-                // dX: columns Wᵀ·g, scattered back to the input positions.
-                gemm_rm(
-                    fan_in,
-                    pixels,
-                    out_ch,
-                    (weight, true),
-                    (g, false),
-                    &mut col,
-                    false,
-                );
-                col2im_image(geo, &col, dx);
+                if with_input_grad {
+                    // dX: columns Wᵀ·g, scattered back to the input positions.
+                    gemm_rm(
+                        fan_in,
+                        pixels,
+                        out_ch,
+                        (weight, true),
+                        (g, false),
+                        &mut col,
+                        false,
+                    );
+                    col2im_image(geo, &col, &mut dx[i * image..][..image]);
+                }
                 // dW += g · colᵀ.
                 im2col(geo, input, n * pixels..(n + 1) * pixels, &mut col);
                 gemm_rm(
@@ -154,7 +174,7 @@ fn backward(
     for part in partials {
         dw.iter_mut().zip(part).for_each(|(x, y)| *x += y);
     }
-    (dx, dw)
+    (with_input_grad.then_some(dx), dw)
 }
 
 impl CustomOp2 for FastConv2d {
@@ -187,9 +207,16 @@ impl CustomOp2 for FastConv2d {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let geo = geometry(input.dims(), weight.dims(), self.params)?;
         let flat = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
-        let (dx, dw) = backward(&geo, &flat(input)?, &flat(weight)?, &flat(grad)?);
+        let (dx, dw) = backward(
+            &geo,
+            &flat(input)?,
+            &flat(weight)?,
+            &flat(grad)?,
+            input.track_op(),
+        );
         Ok((
-            Some(Tensor::from_vec(dx, input.shape(), input.device())?),
+            dx.map(|dx| Tensor::from_vec(dx, input.shape(), input.device()))
+                .transpose()?,
             Some(Tensor::from_vec(dw, weight.shape(), weight.device())?),
         ))
     }

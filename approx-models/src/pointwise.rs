@@ -1,0 +1,285 @@
+//! Clamping (ReLU, Hardtanh) and non-overlapping average pooling as one-pass candle
+//! ops with one-pass backwards. candle builds these from generic pieces: its ReLU
+//! backward is a comparison, a dtype cast and a product, its clamp a maximum and a
+//! minimum whose backwards each compare, cast and multiply again, and pooling by
+//! `mean` reduces over strided axes. On TinyConv's first block (2 M activations) those
+//! cost more than the block's convolution; these ops are a read and a write each way.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use approx_train::storage::f32_values;
+
+/// Elements per parallel task: large enough to amortise scheduling, small enough to
+/// split TinyConv's smallest maps over two threads.
+const CHUNK: usize = 1 << 14;
+
+/// `clamp(x, min, max)` with PyTorch's Hardtanh gradient: the output gradient passes
+/// where `min < x < max` and is zero elsewhere. `min = 0, max = ∞` is ReLU.
+pub fn clamp(x: &Tensor, min: f32, max: f32) -> Result<Tensor> {
+    x.apply_op1(Clamp { min, max })
+}
+
+/// Average pooling over `k`x`k` windows with stride `k` on NCHW input; rows and
+/// columns past the last whole window are dropped, as PyTorch's `AvgPool2d(k)`.
+pub fn avg_pool(x: &Tensor, k: usize) -> Result<Tensor> {
+    x.apply_op1(AvgPool { k })
+}
+
+/// The op behind [`clamp`].
+#[derive(Debug, Clone, Copy)]
+struct Clamp {
+    min: f32,
+    max: f32,
+}
+
+impl CustomOp1 for Clamp {
+    fn name(&self) -> &'static str {
+        "clamp"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_values(s, l, "clamp")?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(y, x)| {
+                for (y, &v) in y.iter_mut().zip(x) {
+                    *y = v.max(self.min).min(self.max);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        grad.apply_op2_no_bwd(x, &ClampGrad(*self)).map(Some)
+    }
+}
+
+/// `grad · [min < x < max]`, the backward of [`Clamp`], over (grad, x).
+struct ClampGrad(Clamp);
+
+impl CustomOp2 for ClampGrad {
+    fn name(&self) -> &'static str {
+        "clamp-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, x) = (
+            f32_values(s1, l1, "clamp backward")?,
+            f32_values(s2, l2, "clamp backward")?,
+        );
+        let Clamp { min, max } = self.0;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(x.par_chunks(CHUNK)))
+            .for_each(|(dx, (g, x))| {
+                for ((d, &g), &v) in dx.iter_mut().zip(g).zip(x) {
+                    *d = if v > min && v < max { g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(dx), l2.shape().clone()))
+    }
+}
+
+/// The op behind [`avg_pool`].
+#[derive(Debug, Clone, Copy)]
+struct AvgPool {
+    k: usize,
+}
+
+/// `(planes, (h, w), (oh, ow))` of an NCHW layout pooled by `k`.
+type PoolShape = (usize, (usize, usize), (usize, usize));
+
+impl AvgPool {
+    fn shape(&self, dims: &[usize]) -> Result<PoolShape> {
+        let &[n, c, h, w] = dims else {
+            return Err(candle_core::Error::Msg(format!(
+                "average pooling takes NCHW input, got shape {dims:?}"
+            )));
+        };
+        let (oh, ow) = (h / self.k.max(1), w / self.k.max(1));
+        if self.k == 0 || oh == 0 || ow == 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "average pooling window {} does not fit a {h}x{w} map",
+                self.k
+            )));
+        }
+        Ok((n * c, (h, w), (oh, ow)))
+    }
+}
+
+impl CustomOp1 for AvgPool {
+    fn name(&self) -> &'static str {
+        "avg-pool"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (planes, (h, w), (oh, ow)) = self.shape(l.dims())?;
+        let x = f32_values(s, l, "average pooling")?;
+        let k = self.k;
+        let scale = 1.0 / (k * k) as f32;
+        let mut y = vec![0f32; planes * oh * ow];
+        y.par_chunks_mut(oh * ow)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(y, x)| {
+                for (oy, row) in y.chunks_mut(ow).enumerate() {
+                    row.fill(0.0);
+                    for line in x[oy * k * w..].chunks(w).take(k) {
+                        for (o, win) in row.iter_mut().zip(line.chunks(k)) {
+                            *o += win.iter().sum::<f32>();
+                        }
+                    }
+                    row.iter_mut().for_each(|o| *o *= scale);
+                }
+            });
+        let dims = l.dims();
+        Ok((CpuStorage::F32(y), Shape::from((dims[0], dims[1], oh, ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (_, (h, w), _) = self.shape(x.dims())?;
+        grad.apply_op1_no_bwd(&AvgPoolGrad {
+            pool: *self,
+            in_size: (h, w),
+        })
+        .map(Some)
+    }
+}
+
+/// The backward of [`AvgPool`]: every input pixel of a window gets the window's
+/// output gradient over `k²`; dropped rows and columns get zero.
+struct AvgPoolGrad {
+    pool: AvgPool,
+    in_size: (usize, usize),
+}
+
+impl CustomOp1 for AvgPoolGrad {
+    fn name(&self) -> &'static str {
+        "avg-pool-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = l.dims();
+        let &[n, c, oh, ow] = dims else {
+            return Err(candle_core::Error::Msg(format!(
+                "average pooling gradient takes NCHW, got shape {dims:?}"
+            )));
+        };
+        let (h, w) = self.in_size;
+        let k = self.pool.k;
+        let g = f32_values(s, l, "average pooling backward")?;
+        let scale = 1.0 / (k * k) as f32;
+        let mut dx = vec![0f32; n * c * h * w];
+        dx.par_chunks_mut(h * w)
+            .zip(g.par_chunks(oh * ow))
+            .for_each(|(dx, g)| {
+                for (y, line) in dx.chunks_mut(w).enumerate().take(oh * k) {
+                    let grow = &g[(y / k) * ow..][..ow];
+                    for (win, &gv) in line.chunks_mut(k).zip(grow) {
+                        win.fill(gv * scale);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Forward and gradient of `ours` against candle's `theirs` under a random probe.
+    fn check(x: &Var, ours: Tensor, theirs: Tensor) {
+        assert_eq!(ours.dims(), theirs.dims());
+        assert!(max_diff(&ours, &theirs) < 1e-6);
+        let probe = Tensor::rand(-1f32, 1f32, ours.shape(), &Device::Cpu).unwrap();
+        let g1 = (&ours * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (&theirs * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(max_diff(g1.get(x).unwrap(), g2.get(x).unwrap()) < 1e-6);
+    }
+
+    #[test]
+    fn clamp_matches_candle_away_from_the_bounds() {
+        // Values at exactly a bound are where the two gradients' conventions differ;
+        // uniform random values never land there.
+        let x = Var::from_tensor(&Tensor::rand(-2f32, 2f32, (3, 5, 7, 9), &Device::Cpu).unwrap())
+            .unwrap();
+        check(
+            &x,
+            clamp(&x, 0.0, 1.0).unwrap(),
+            x.clamp(0f32, 1f32).unwrap(),
+        );
+        check(
+            &x,
+            clamp(&x, 0.0, f32::INFINITY).unwrap(),
+            x.relu().unwrap(),
+        );
+    }
+
+    #[test]
+    fn clamp_gradient_is_zero_at_the_bounds() {
+        let x = Var::new(&[-1f32, 0.0, 0.5, 1.0, 2.0], &Device::Cpu).unwrap();
+        let g = clamp(&x, 0.0, 1.0)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let got = g.get(&x).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got, [0.0, 0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn avg_pool_matches_candle_including_dropped_edges() {
+        for (h, w, k) in [(8, 8, 2), (9, 7, 2), (12, 10, 3), (5, 5, 5)] {
+            let x =
+                Var::from_tensor(&Tensor::rand(-1f32, 1f32, (2, 3, h, w), &Device::Cpu).unwrap())
+                    .unwrap();
+            let (oh, ow) = (h / k, w / k);
+            let cropped = x
+                .narrow(2, 0, oh * k)
+                .unwrap()
+                .narrow(3, 0, ow * k)
+                .unwrap();
+            check(&x, avg_pool(&x, k).unwrap(), cropped.avg_pool2d(k).unwrap());
+        }
+    }
+
+    #[test]
+    fn avg_pool_rejects_a_window_larger_than_the_map() {
+        let x = Tensor::zeros((1, 1, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let e = avg_pool(&x, 4).unwrap_err().to_string();
+        assert!(e.contains("window 4"), "{e}");
+    }
+}
