@@ -247,8 +247,10 @@ pub fn evaluate_with_progress(
 }
 
 /// Runs `f` on a thread with a 1 GiB stack (candle's backward recurses once per node;
-/// deep graphs overflow the default 8 MiB) and returns its result.
+/// deep graphs overflow the default 8 MiB) and returns its result. Sets the allocator
+/// up for training first ([`crate::alloc::keep_freed_memory`]).
 pub fn on_large_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    crate::alloc::keep_freed_memory();
     std::thread::scope(|s| {
         std::thread::Builder::new()
             .name("train".into())
