@@ -8,7 +8,7 @@ use approx_hw::{Conv2dParams, ConvGeometry};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::storage::f32_values;
+use crate::storage::{f32_values, with_f32_values};
 
 /// `conv2d(input, weight)` (NCHW, OIHW, f32, no bias) through im2col + GEMM, with
 /// backward. Matches candle's `Tensor::conv2d` within float rounding.
@@ -105,7 +105,7 @@ fn forward(geo: &ConvGeometry, input: &[f32], weight: &[f32]) -> Vec<f32> {
 
 /// Input (when `with_input_grad`) and weight gradients of the conv for the output
 /// gradient `grad`. A network's first conv reads data, which needs no gradient: its
-/// input gradient is a GEMM and a scatter as large as the weight gradient's.
+/// input gradient is a GEMM as large as the weight gradient's.
 fn backward(
     geo: &ConvGeometry,
     input: &[f32],
@@ -113,49 +113,94 @@ fn backward(
     grad: &[f32],
     with_input_grad: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>) {
+    let dx = with_input_grad.then(|| match InputGradConv::new(geo, weight) {
+        Some(conv) => conv.run(grad),
+        None => input_grad_by_scatter(geo, weight, grad),
+    });
+    (dx, weight_grad(geo, input, grad))
+}
+
+/// The input gradient of a stride-1 conv as a conv of the output gradient: with the
+/// kernel flipped and its channel axes swapped, and padding `k − 1 − p`, it is the
+/// forward conv again: one GEMM per image into the gradient itself, with fan-in
+/// `O·KH·KW`. The general path's GEMM (fan-in `O`) writes `C·KH·KW` columns per pixel
+/// that a scatter then adds up.
+struct InputGradConv {
+    geo: ConvGeometry,
+    flipped: Vec<f32>,
+}
+
+impl InputGradConv {
+    /// `None` unless the stride is 1 and the padding at most `k − 1` on both axes.
+    fn new(geo: &ConvGeometry, weight: &[f32]) -> Option<Self> {
+        let (kh, kw) = geo.kernel;
+        let (py, px) = geo.params.padding;
+        if geo.params.stride != (1, 1) || py >= kh || px >= kw {
+            return None;
+        }
+        let (oh, ow) = geo.out_size();
+        let (o, c) = (geo.out_channels, geo.in_channels);
+        let params = Conv2dParams {
+            stride: (1, 1),
+            padding: (kh - 1 - py, kw - 1 - px),
+        };
+        let t = ConvGeometry::conv2d(&[geo.batch, o, oh, ow], &[c, o, kh, kw], params).ok()?;
+        debug_assert_eq!(t.out_size(), geo.in_size);
+        let mut flipped = vec![0f32; weight.len()];
+        for (oc, filters) in weight.chunks_exact(c * kh * kw).enumerate() {
+            for (ic, kernel) in filters.chunks_exact(kh * kw).enumerate() {
+                let dst = &mut flipped[(ic * o + oc) * kh * kw..][..kh * kw];
+                for (d, &v) in dst.iter_mut().zip(kernel.iter().rev()) {
+                    *d = v;
+                }
+            }
+        }
+        Some(Self { geo: t, flipped })
+    }
+
+    fn run(&self, grad: &[f32]) -> Vec<f32> {
+        forward(&self.geo, grad, &self.flipped)
+    }
+}
+
+/// The input gradient of any conv: per image, the columns `Wᵀ·g` scattered back to the
+/// input positions they were gathered from.
+fn input_grad_by_scatter(geo: &ConvGeometry, weight: &[f32], grad: &[f32]) -> Vec<f32> {
     let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
     let image = geo.in_channels * geo.in_size.0 * geo.in_size.1;
-    let mut dx = vec![
-        0f32;
-        if with_input_grad {
-            geo.batch * image
-        } else {
-            0
-        }
-    ];
-    // Weight gradients are summed in a fixed number of image groups, then the groups
-    // in order: the float sum is the same whatever the thread count or scheduling
-    // (rayon's fold/reduce splits by work stealing, which changes the rounding).
+    let mut dx = vec![0f32; geo.batch * image];
+    dx.par_chunks_mut(image).enumerate().for_each_init(
+        || vec![0f32; fan_in * pixels],
+        |col, (n, dx)| {
+            let g = &grad[n * out_ch * pixels..][..out_ch * pixels];
+            gemm_rm(
+                fan_in,
+                pixels,
+                out_ch,
+                (weight, true),
+                (g, false),
+                col,
+                false,
+            );
+            col2im_image(geo, col, dx);
+        },
+    );
+    dx
+}
+
+/// `dW = Σ_images g · colᵀ`, summed in a fixed number of image groups and then the
+/// groups in order: the float sum is the same whatever the thread count or scheduling
+/// (rayon's fold/reduce splits by work stealing, which changes the rounding).
+fn weight_grad(geo: &ConvGeometry, input: &[f32], grad: &[f32]) -> Vec<f32> {
+    let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
     let per_group = geo.batch.div_ceil(WEIGHT_GRAD_GROUPS).max(1);
-    let groups = geo.batch.div_ceil(per_group);
-    let mut dx_groups: Vec<&mut [f32]> = if with_input_grad {
-        dx.chunks_mut(image * per_group).collect()
-    } else {
-        (0..groups).map(|_| Default::default()).collect()
-    };
-    let partials: Vec<Vec<f32>> = dx_groups
-        .par_iter_mut()
-        .enumerate()
-        .map(|(group, dx)| {
+    let partials: Vec<Vec<f32>> = (0..geo.batch.div_ceil(per_group))
+        .into_par_iter()
+        .map(|group| {
             let mut dw = vec![0f32; out_ch * fan_in];
             let mut col = vec![0f32; fan_in * pixels];
-            let images = group * per_group..((group + 1) * per_group).min(geo.batch);
-            for (i, n) in images.enumerate() {
+            for n in group * per_group..((group + 1) * per_group).min(geo.batch) {
                 let g = &grad[n * out_ch * pixels..][..out_ch * pixels];
-                if with_input_grad {
-                    // dX: columns Wᵀ·g, scattered back to the input positions.
-                    gemm_rm(
-                        fan_in,
-                        pixels,
-                        out_ch,
-                        (weight, true),
-                        (g, false),
-                        &mut col,
-                        false,
-                    );
-                    col2im_image(geo, &col, &mut dx[i * image..][..image]);
-                }
-                // dW += g · colᵀ.
                 im2col(geo, input, n * pixels..(n + 1) * pixels, &mut col);
                 gemm_rm(
                     out_ch,
@@ -174,7 +219,7 @@ fn backward(
     for part in partials {
         dw.iter_mut().zip(part).for_each(|(x, y)| *x += y);
     }
-    (with_input_grad.then_some(dx), dw)
+    dw
 }
 
 impl CustomOp2 for FastConv2d {
@@ -206,14 +251,12 @@ impl CustomOp2 for FastConv2d {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let geo = geometry(input.dims(), weight.dims(), self.params)?;
-        let flat = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
-        let (dx, dw) = backward(
-            &geo,
-            &flat(input)?,
-            &flat(weight)?,
-            &flat(grad)?,
-            input.track_op(),
-        );
+        let op = "fast conv2d backward";
+        let (dx, dw) = with_f32_values(input, op, |x| {
+            with_f32_values(weight, op, |w| {
+                with_f32_values(grad, op, |g| backward(&geo, x, w, g, input.track_op()))
+            })
+        })???;
         Ok((
             dx.map(|dx| Tensor::from_vec(dx, input.shape(), input.device()))
                 .transpose()?,
@@ -268,6 +311,9 @@ mod tests {
             (3, 2, 8, 8, 5, 5, 2, 2),
             (1, 4, 6, 5, 3, 1, 1, 0),
             (2, 3, 7, 7, 2, 3, 3, 0),
+            (2, 3, 6, 9, 4, 5, 1, 2),
+            // Padding of at least the kernel: the input gradient by scatter.
+            (1, 2, 5, 5, 3, 2, 1, 2),
         ]
         .iter()
         .enumerate()
