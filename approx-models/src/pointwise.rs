@@ -4,8 +4,12 @@
 //! minimum whose backwards each compare, cast and multiply again, and pooling by
 //! `mean` reduces over strided axes. On TinyConv's first block (2 M activations) those
 //! cost more than the block's convolution; these ops are a read and a write each way.
+//!
+//! REX-SC's blocks end in ReLU → pooling → Hardtanh(0, 1): [`clamp_pool_clamp`] is
+//! that chain as one op, which saves two activation-sized tensors and their gradient
+//! sums (candle's backward allocates a zeroed gradient per node and adds into it).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use approx_train::storage::f32_values;
@@ -23,7 +27,23 @@ pub fn clamp(x: &Tensor, min: f32, max: f32) -> Result<Tensor> {
 /// Average pooling over `k`x`k` windows with stride `k` on NCHW input; rows and
 /// columns past the last whole window are dropped, as PyTorch's `AvgPool2d(k)`.
 pub fn avg_pool(x: &Tensor, k: usize) -> Result<Tensor> {
-    x.apply_op1(AvgPool { k })
+    clamp_pool_clamp(x, None, k, None)
+}
+
+/// `post(avg_pool(pre(x), k))` for optional clamps `pre` and `post` given as
+/// `(min, max)`: the value and gradient of the three steps, in one op.
+pub fn clamp_pool_clamp(
+    x: &Tensor,
+    pre: Option<(f32, f32)>,
+    k: usize,
+    post: Option<(f32, f32)>,
+) -> Result<Tensor> {
+    let bounds = |b: Option<(f32, f32)>| b.map(|(min, max)| Clamp { min, max });
+    x.apply_op1(AvgPool {
+        k,
+        pre: bounds(pre),
+        post: bounds(post),
+    })
 }
 
 /// The op behind [`clamp`].
@@ -88,10 +108,23 @@ impl CustomOp2 for ClampGrad {
     }
 }
 
-/// The op behind [`avg_pool`].
+/// The op behind [`clamp_pool_clamp`] and [`avg_pool`].
 #[derive(Debug, Clone, Copy)]
 struct AvgPool {
     k: usize,
+    pre: Option<Clamp>,
+    post: Option<Clamp>,
+}
+
+impl Clamp {
+    fn apply(&self, v: f32) -> f32 {
+        v.max(self.min).min(self.max)
+    }
+
+    /// Whether the gradient passes at `v`.
+    fn passes(&self, v: f32) -> bool {
+        v > self.min && v < self.max
+    }
 }
 
 /// `(planes, (h, w), (oh, ow))` of an NCHW layout pooled by `k`.
@@ -125,6 +158,7 @@ impl CustomOp1 for AvgPool {
         let x = f32_values(s, l, "average pooling")?;
         let k = self.k;
         let scale = 1.0 / (k * k) as f32;
+        let pre = |v: f32| self.pre.map_or(v, |c| c.apply(v));
         let mut y = vec![0f32; planes * oh * ow];
         y.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
@@ -133,61 +167,77 @@ impl CustomOp1 for AvgPool {
                     row.fill(0.0);
                     for line in x[oy * k * w..].chunks(w).take(k) {
                         for (o, win) in row.iter_mut().zip(line.chunks(k)) {
-                            *o += win.iter().sum::<f32>();
+                            *o += win.iter().map(|&v| pre(v)).sum::<f32>();
                         }
                     }
-                    row.iter_mut().for_each(|o| *o *= scale);
+                    for o in row.iter_mut() {
+                        *o *= scale;
+                        if let Some(c) = self.post {
+                            *o = c.apply(*o);
+                        }
+                    }
                 }
             });
         let dims = l.dims();
         Ok((CpuStorage::F32(y), Shape::from((dims[0], dims[1], oh, ow))))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (_, (h, w), _) = self.shape(x.dims())?;
-        grad.apply_op1_no_bwd(&AvgPoolGrad {
-            pool: *self,
-            in_size: (h, w),
-        })
-        .map(Some)
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        grad.apply_op3_no_bwd(res, x, &AvgPoolGrad(*self)).map(Some)
     }
 }
 
-/// The backward of [`AvgPool`]: every input pixel of a window gets the window's
-/// output gradient over `k²`; dropped rows and columns get zero.
-struct AvgPoolGrad {
-    pool: AvgPool,
-    in_size: (usize, usize),
-}
+/// The backward of [`AvgPool`] over (output gradient, output, input): every input
+/// pixel of a window gets the window's output gradient over `k²` where the clamps pass
+/// it (the post-clamp's where the output is strictly inside its bounds, which is where
+/// the pooled value was); dropped rows and columns get zero.
+struct AvgPoolGrad(AvgPool);
 
-impl CustomOp1 for AvgPoolGrad {
+impl CustomOp3 for AvgPoolGrad {
     fn name(&self) -> &'static str {
         "avg-pool-grad"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = l.dims();
-        let &[n, c, oh, ow] = dims else {
-            return Err(candle_core::Error::Msg(format!(
-                "average pooling gradient takes NCHW, got shape {dims:?}"
-            )));
-        };
-        let (h, w) = self.in_size;
-        let k = self.pool.k;
-        let g = f32_values(s, l, "average pooling backward")?;
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let pool = self.0;
+        let (planes, (h, w), (oh, ow)) = pool.shape(l3.dims())?;
+        let k = pool.k;
+        let op = "average pooling backward";
+        let (g, y, x) = (
+            f32_values(s1, l1, op)?,
+            f32_values(s2, l2, op)?,
+            f32_values(s3, l3, op)?,
+        );
         let scale = 1.0 / (k * k) as f32;
-        let mut dx = vec![0f32; n * c * h * w];
+        let mut dx = vec![0f32; planes * h * w];
         dx.par_chunks_mut(h * w)
-            .zip(g.par_chunks(oh * ow))
-            .for_each(|(dx, g)| {
-                for (y, line) in dx.chunks_mut(w).enumerate().take(oh * k) {
-                    let grow = &g[(y / k) * ow..][..ow];
-                    for (win, &gv) in line.chunks_mut(k).zip(grow) {
-                        win.fill(gv * scale);
+            .zip(x.par_chunks(h * w))
+            .zip(g.par_chunks(oh * ow).zip(y.par_chunks(oh * ow)))
+            .for_each(|((dx, x), (g, y))| {
+                for (row, (dx, x)) in dx.chunks_mut(w).zip(x.chunks(w)).enumerate().take(oh * k) {
+                    let at = (row / k) * ow;
+                    for (o, (win, xs)) in dx.chunks_mut(k).zip(x.chunks(k)).take(ow).enumerate() {
+                        let passes = pool.post.is_none_or(|c| c.passes(y[at + o]));
+                        let gv = if passes { g[at + o] * scale } else { 0.0 };
+                        for (d, &v) in win.iter_mut().zip(xs) {
+                            *d = if pool.pre.is_none_or(|c| c.passes(v)) {
+                                gv
+                            } else {
+                                0.0
+                            };
+                        }
                     }
                 }
             });
-        Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
+        Ok((CpuStorage::F32(dx), l3.shape().clone()))
     }
 }
 
@@ -274,6 +324,23 @@ mod tests {
                 .unwrap();
             check(&x, avg_pool(&x, k).unwrap(), cropped.avg_pool2d(k).unwrap());
         }
+    }
+
+    #[test]
+    fn fused_relu_pool_hardtanh_matches_the_three_steps() {
+        let x = Var::from_tensor(&Tensor::rand(-1f32, 3f32, (2, 4, 9, 8), &Device::Cpu).unwrap())
+            .unwrap();
+        let steps = x
+            .relu()
+            .unwrap()
+            .narrow(2, 0, 8)
+            .unwrap()
+            .avg_pool2d(2)
+            .unwrap()
+            .clamp(0f32, 1f32)
+            .unwrap();
+        let fused = clamp_pool_clamp(&x, Some((0.0, f32::INFINITY)), 2, Some((0.0, 1.0))).unwrap();
+        check(&x, fused, steps);
     }
 
     #[test]

@@ -428,7 +428,41 @@ fn resolve(
 
 /// Applies `steps` in order to `x`.
 fn run(steps: &[Step], x: &Tensor, ctx: Ctx) -> Result<Tensor> {
-    steps.iter().try_fold(x.clone(), |h, s| s.forward(&h, ctx))
+    let mut h = x.clone();
+    let mut rest = steps;
+    while let Some(step) = rest.first() {
+        if let Some((pre, k, post, len)) = pool_chain(rest) {
+            h = pointwise::clamp_pool_clamp(&h, pre, k, post)?;
+            rest = &rest[len..];
+        } else {
+            h = step.forward(&h, ctx)?;
+            rest = &rest[1..];
+        }
+    }
+    Ok(h)
+}
+
+/// The bounds of a clamping step (ReLU is `(0, ∞)`).
+fn clamp_bounds(step: Option<&Step>) -> Option<(f32, f32)> {
+    match step? {
+        Step::Relu => Some((0.0, f32::INFINITY)),
+        Step::Hardtanh { min, max } => Some((*min, *max)),
+        _ => None,
+    }
+}
+
+/// A clamp → average pooling → clamp chain (either clamp optional, at least two steps)
+/// at the start of `steps`, as `(pre, k, post, steps)`: run as one op, it keeps no
+/// intermediate tensors.
+fn pool_chain(steps: &[Step]) -> Option<(Option<(f32, f32)>, usize, Option<(f32, f32)>, usize)> {
+    let pre = clamp_bounds(steps.first());
+    let at = usize::from(pre.is_some());
+    let Some(Step::AvgPool(k)) = steps.get(at) else {
+        return None;
+    };
+    let post = clamp_bounds(steps.get(at + 1));
+    let len = at + 1 + usize::from(post.is_some());
+    (len >= 2).then_some((pre, *k, post, len))
 }
 
 /// What a step's forward depends on besides its input.
