@@ -4,7 +4,7 @@
 //! and what remains (bit-accurate output minus model) is calibrated and injected.
 
 use crate::mult::MulTable;
-use crate::sc::or_fn::{or_n, or_n_derivative};
+use crate::sc::or_fn::{or_n, or_n_derivative, or_n_derivative_slice, or_n_slice};
 use crate::sc::Accumulation;
 use crate::{HwSpec, Result};
 
@@ -111,6 +111,33 @@ impl ErrorModel {
             ErrorModel::Gain { gain } => gain,
             ErrorModel::TileClamp { bound, .. } => f64::from(u8::from(s.abs() < bound)),
             ErrorModel::Saturate { limit } => f64::from(u8::from(s < limit)),
+        }
+    }
+
+    /// [`ErrorModel::value`] of every element of `s` into `out` (f32 in and out): the
+    /// training surrogate's form, which evaluates OR-n several times faster (see
+    /// [`or_n_slice`]).
+    pub fn values(&self, s: &[f32], out: &mut [f32]) {
+        match *self {
+            ErrorModel::OrN { n } => or_n_slice(u32::from(n), s, out),
+            _ => {
+                for (o, &v) in out.iter_mut().zip(s) {
+                    *o = self.value(f64::from(v)) as f32;
+                }
+            }
+        }
+    }
+
+    /// [`ErrorModel::derivative`] of every element of `s` into `out`, as
+    /// [`ErrorModel::values`].
+    pub fn derivatives(&self, s: &[f32], out: &mut [f32]) {
+        match *self {
+            ErrorModel::OrN { n } => or_n_derivative_slice(u32::from(n), s, out),
+            _ => {
+                for (o, &v) in out.iter_mut().zip(s) {
+                    *o = self.derivative(f64::from(v)) as f32;
+                }
+            }
         }
     }
 

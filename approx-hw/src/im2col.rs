@@ -28,7 +28,8 @@ pub fn im2col<T: Copy + Default>(
     let len = pixels.len();
     debug_assert_eq!(out.len(), geo.fan_in() * len);
     let per_image = geo.out_pixels();
-    if (sy, sx) == (1, 1) && pixels.start % per_image == 0 && len % per_image == 0 {
+    if (sy, sx) == (1, 1) && pixels.start.is_multiple_of(per_image) && len.is_multiple_of(per_image)
+    {
         let images = pixels.start / per_image..pixels.end / per_image;
         return im2col_unit_stride(geo, input, images, out);
     }

@@ -431,9 +431,9 @@ fn run(steps: &[Step], x: &Tensor, ctx: Ctx) -> Result<Tensor> {
     let mut h = x.clone();
     let mut rest = steps;
     while let Some(step) = rest.first() {
-        if let Some((pre, k, post, len)) = pool_chain(rest) {
-            h = pointwise::clamp_pool_clamp(&h, pre, k, post)?;
-            rest = &rest[len..];
+        if let Some(chain) = PoolChain::at_start(rest) {
+            h = pointwise::clamp_pool_clamp(&h, chain.pre, chain.k, chain.post)?;
+            rest = &rest[chain.steps..];
         } else {
             h = step.forward(&h, ctx)?;
             rest = &rest[1..];
@@ -451,18 +451,36 @@ fn clamp_bounds(step: Option<&Step>) -> Option<(f32, f32)> {
     }
 }
 
-/// A clamp → average pooling → clamp chain (either clamp optional, at least two steps)
-/// at the start of `steps`, as `(pre, k, post, steps)`: run as one op, it keeps no
-/// intermediate tensors.
-fn pool_chain(steps: &[Step]) -> Option<(Option<(f32, f32)>, usize, Option<(f32, f32)>, usize)> {
-    let pre = clamp_bounds(steps.first());
-    let at = usize::from(pre.is_some());
-    let Some(Step::AvgPool(k)) = steps.get(at) else {
-        return None;
-    };
-    let post = clamp_bounds(steps.get(at + 1));
-    let len = at + 1 + usize::from(post.is_some());
-    (len >= 2).then_some((pre, *k, post, len))
+/// A clamp → average pooling → clamp chain of steps (either clamp optional, at least
+/// two steps): run as one op, it keeps no intermediate tensors.
+struct PoolChain {
+    /// The clamp before pooling, `(min, max)`.
+    pre: Option<(f32, f32)>,
+    /// The pooling window side (= stride), pixels.
+    k: usize,
+    /// The clamp after pooling.
+    post: Option<(f32, f32)>,
+    /// Steps the chain covers.
+    steps: usize,
+}
+
+impl PoolChain {
+    /// The chain at the start of `steps`, if there is one.
+    fn at_start(steps: &[Step]) -> Option<Self> {
+        let pre = clamp_bounds(steps.first());
+        let at = usize::from(pre.is_some());
+        let Some(Step::AvgPool(k)) = steps.get(at) else {
+            return None;
+        };
+        let post = clamp_bounds(steps.get(at + 1));
+        let len = at + 1 + usize::from(post.is_some());
+        (len >= 2).then_some(Self {
+            pre,
+            k: *k,
+            post,
+            steps: len,
+        })
+    }
 }
 
 /// What a step's forward depends on besides its input.

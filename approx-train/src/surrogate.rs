@@ -14,7 +14,7 @@ use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 use crate::calibration::Calibration;
-use crate::storage::f32_values;
+use crate::storage::{f32_values, with_f32_values};
 
 /// Elements per parallel work unit (and per noise stream) of the surrogate.
 pub const CHUNK: usize = 1 << 14;
@@ -58,17 +58,13 @@ impl CustomOp1 for Surrogate {
         out.par_chunks_mut(CHUNK)
             .zip(s.par_chunks(CHUNK))
             .enumerate()
-            .for_each(|(chunk, (out, s))| match self.injection {
-                None => {
-                    for (o, &v) in out.iter_mut().zip(s) {
-                        *o = model.value(f64::from(v)) as f32;
-                    }
-                }
-                Some(inj) => {
+            .for_each(|(chunk, (out, s))| {
+                model.values(s, out);
+                if let Some(inj) = self.injection {
                     let mut rng = ChaCha8Rng::seed_from_u64(inj.seed);
                     rng.set_stream(chunk as u64);
-                    for (o, &v) in out.iter_mut().zip(s) {
-                        let x = model.value(f64::from(v));
+                    for o in out.iter_mut() {
+                        let x = f64::from(*o);
                         let eps: f64 = rng.sample(StandardNormal);
                         *o = (x + inj.calibration.bias(x) + inj.calibration.std(x) * eps) as f32;
                     }
@@ -78,22 +74,30 @@ impl CustomOp1 for Surrogate {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let s = arg.flatten_all()?.to_vec1::<f32>()?;
-        let g = grad.flatten_all()?.to_vec1::<f32>()?;
         let model = self.model;
-        let mut d = vec![0f32; s.len()];
-        d.par_chunks_mut(CHUNK)
-            .zip(s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(d, (s, g))| {
-                for ((d, &v), &g) in d.iter_mut().zip(s).zip(g) {
-                    let v = f64::from(v);
-                    let slope = match self.injection {
-                        Some(inj) => 1.0 + inj.calibration.bias_derivative(model.value(v)),
-                        None => 1.0,
-                    };
-                    *d = (f64::from(g) * slope * model.derivative(v)) as f32;
-                }
-            });
+        let op = "the surrogate's backward";
+        let d = with_f32_values(arg, op, |s| {
+            with_f32_values(grad, op, |g| {
+                let mut d = vec![0f32; s.len()];
+                d.par_chunks_mut(CHUNK)
+                    .zip(s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                    .for_each(|(d, (s, g))| {
+                        model.derivatives(s, d);
+                        let mut x = vec![0f32; s.len()];
+                        if self.injection.is_some() {
+                            model.values(s, &mut x);
+                        }
+                        for ((d, &g), &x) in d.iter_mut().zip(g).zip(&x) {
+                            let slope = match self.injection {
+                                Some(inj) => 1.0 + inj.calibration.bias_derivative(f64::from(x)),
+                                None => 1.0,
+                            };
+                            *d = (f64::from(g) * slope * f64::from(*d)) as f32;
+                        }
+                    });
+                d
+            })
+        })??;
         Ok(Some(Tensor::from_vec(d, arg.shape(), arg.device())?))
     }
 }
