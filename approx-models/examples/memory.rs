@@ -11,8 +11,8 @@
 //! SEGMENTS BATCH`), so peaks do not mix. The step's memory is the process's peak
 //! resident set during the step minus its resident set before it (model, optimizer
 //! state and data already in memory). The largest batch is predicted from the step
-//! memory at two batches (it is linear in the batch) and then checked with a run at
-//! that batch.
+//! memory at two batches and then found by runs around the prediction (see
+//! `largest_fitting_batch`): only a batch that was run and fitted is reported.
 
 use std::process::Command;
 
@@ -83,6 +83,37 @@ fn measure(kind: ModelKind, segments: usize, batch: usize) -> Result<(f64, f64)>
     }
 }
 
+/// The largest batch (up to 1,024) whose step peaks within the budget, starting from
+/// the linear prediction `guess`, and its peak. A batch that overshoots is scaled down
+/// by the measured overshoot and measured again; a batch that fits is confirmed by
+/// the next one up (+5 %) overshooting, or by reaching 1,024. Peak memory is not
+/// linear in the batch (allocator blocks, the kernels' transient buffers), so the
+/// prediction alone can be far off.
+fn largest_fitting_batch(kind: ModelKind, segments: usize, guess: usize) -> Result<(usize, f64)> {
+    let mut fits: Option<(usize, f64)> = None;
+    let mut over = usize::MAX;
+    let mut batch = guess.max(1);
+    for _ in 0..8 {
+        let (_, peak) = measure(kind, segments, batch)?;
+        if peak <= BUDGET {
+            fits = Some((batch, peak));
+            let next = (batch + batch.div_ceil(20)).min(1024);
+            if next == batch || next >= over {
+                break;
+            }
+            batch = next;
+        } else {
+            over = batch;
+            let floor = fits.map_or(1, |(b, _)| b + 1);
+            if floor >= over {
+                break;
+            }
+            batch = ((batch as f64 * BUDGET / peak) as usize).clamp(floor, over - 1);
+        }
+    }
+    fits.ok_or_else(|| format!("{kind} with {segments} segments: no batch fits in 4 GiB").into())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
@@ -104,17 +135,11 @@ fn main() -> Result<()> {
             let (s1, s2) = (peak1 - before1, peak2 - before2);
             let per_image = ((s2 - s1) / (b2 - b1) as f64).max(1.0);
             let fixed = peak2 - per_image * b2 as f64;
-            let mut max_batch = (((BUDGET - fixed) / per_image) as usize).min(1024);
-            let (mut peak_there, mut tries) = (f64::INFINITY, 0);
-            while tries < 3 {
-                let (_, peak) = measure(kind, segments, max_batch)?;
-                peak_there = peak;
-                if peak <= BUDGET {
-                    break;
-                }
-                max_batch = max_batch * 9 / 10;
-                tries += 1;
-            }
+            let (max_batch, peak_there) = largest_fitting_batch(
+                kind,
+                segments,
+                (((BUDGET - fixed) / per_image) as usize).clamp(b2, 1024),
+            )?;
             println!(
                 "{:<9} {:>9} {:>6} {:>14.0} {:>11.0} {:>14} {:>17.0}",
                 kind.name(),
