@@ -83,16 +83,20 @@ impl CustomOp1 for Surrogate {
                     .zip(s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
                     .for_each(|(d, (s, g))| {
                         model.derivatives(s, d);
-                        let mut x = vec![0f32; s.len()];
-                        if self.injection.is_some() {
-                            model.values(s, &mut x);
-                        }
-                        for ((d, &g), &x) in d.iter_mut().zip(g).zip(&x) {
-                            let slope = match self.injection {
-                                Some(inj) => 1.0 + inj.calibration.bias_derivative(f64::from(x)),
-                                None => 1.0,
-                            };
-                            *d = (f64::from(g) * slope * f64::from(*d)) as f32;
+                        match self.injection {
+                            Some(inj) => {
+                                let mut x = vec![0f32; s.len()];
+                                model.values(s, &mut x);
+                                for ((d, &g), &x) in d.iter_mut().zip(g).zip(&x) {
+                                    let slope = 1.0 + inj.calibration.bias_derivative(f64::from(x));
+                                    *d = (f64::from(g) * slope * f64::from(*d)) as f32;
+                                }
+                            }
+                            None => {
+                                for (d, &g) in d.iter_mut().zip(g) {
+                                    *d = (f64::from(g) * f64::from(*d)) as f32;
+                                }
+                            }
                         }
                     });
                 d
