@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 
 use crate::store::{Init, ParamStore};
-use approx_train::storage::{f32_values, with_f32_values};
+use approx_train::storage::{f32_values, read_f32};
 use rayon::prelude::*;
 
 /// PyTorch's default batch-norm momentum and epsilon.
@@ -68,8 +68,7 @@ impl BatchNorm {
         let (n, c) = (x.dim(0)?, x.dim(1)?);
         let inner = x.elem_count() / (n * c).max(1);
         let (mean, var) = if train {
-            let (mean, var) =
-                with_f32_values(x, "batch norm", |data| channel_stats(data, n, c, inner))?;
+            let (mean, var) = channel_stats(&read_f32(x).values("batch norm")?, n, c, inner);
             let count = (n * inner) as f32;
             let unbiased: Vec<f32> = var
                 .iter()
@@ -140,14 +139,24 @@ fn channel_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<
 
 /// `Σ f(v)` over `values`, in eight f32 lanes (so that it vectorises) added up in f64.
 fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    lane_sum2(values, values, |v, _| f(v))
+}
+
+/// `Σ f(a, b)` over the pairs of `a` and `b`, as [`lane_sum`].
+fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     let mut lanes = [0f32; 8];
-    let mut chunks = values.chunks_exact(8);
-    for chunk in &mut chunks {
-        for (l, &v) in lanes.iter_mut().zip(chunk) {
-            *l += f(v);
+    let (mut ac, mut bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (xs, ys) in (&mut ac).zip(&mut bc) {
+        for ((l, &x), &y) in lanes.iter_mut().zip(xs).zip(ys) {
+            *l += f(x, y);
         }
     }
-    let rest: f64 = chunks.remainder().iter().map(|&v| f64::from(f(v))).sum();
+    let rest: f64 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(&x, &y)| f64::from(f(x, y)))
+        .sum();
     lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + rest
 }
 
@@ -164,26 +173,16 @@ fn grad_sums(
         .into_par_iter()
         .map(|ch| {
             let (m, i) = (mean[ch], inv_std[ch]);
-            let (mut sum_g, mut sum_gx) = (0f64, 0f64);
-            for img in 0..n {
-                let at = (img * c + ch) * inner;
-                let (xp, gp) = (&x[at..][..inner], &g[at..][..inner]);
-                sum_g += lane_sum(gp, |v| v);
-                let mut lanes = [0f32; 8];
-                let (mut xc, mut gc) = (xp.chunks_exact(8), gp.chunks_exact(8));
-                for (xs, gs) in (&mut xc).zip(&mut gc) {
-                    for ((l, &v), &d) in lanes.iter_mut().zip(xs).zip(gs) {
-                        *l += d * ((v - m) * i);
-                    }
-                }
-                sum_gx += lanes.iter().map(|&l| f64::from(l)).sum::<f64>()
-                    + xc.remainder()
-                        .iter()
-                        .zip(gc.remainder())
-                        .map(|(&v, &d)| f64::from(d * ((v - m) * i)))
-                        .sum::<f64>();
-            }
-            (sum_g, sum_gx)
+            (0..n)
+                .map(|img| {
+                    let at = (img * c + ch) * inner;
+                    let (xp, gp) = (&x[at..][..inner], &g[at..][..inner]);
+                    (
+                        lane_sum(gp, |d| d),
+                        lane_sum2(xp, gp, |v, d| d * ((v - m) * i)),
+                    )
+                })
+                .fold((0f64, 0f64), |(sg, sgx), (a, b)| (sg + a, sgx + b))
         })
         .unzip()
 }
@@ -251,30 +250,27 @@ impl CustomOp3 for BatchNormOp {
         let (n, c, inner) = (dims[0], dims[1], dims[2..].iter().product::<usize>());
         let gm = gamma.to_vec1::<f32>()?;
         let count = (n * inner) as f64;
-        let (mean, inv_std) = (&self.mean, &self.inv_std);
-        let (dx, sum_g, sum_gx) = with_f32_values(x, "batch norm backward", |xv| {
-            with_f32_values(grad, "batch norm backward", |g| {
-                let (sum_g, sum_gx) = grad_sums(xv, g, (n, c, inner), mean, inv_std);
-                let mut dx = vec![0f32; xv.len()];
-                dx.par_chunks_mut(inner)
-                    .zip(xv.par_chunks(inner).zip(g.par_chunks(inner)))
-                    .enumerate()
-                    .for_each(|(plane, (dst, (xp, gp)))| {
-                        let ch = plane % c;
-                        let (m, i) = (mean[ch], inv_std[ch]);
-                        let scale = gm[ch] * i;
-                        let (mg, mgx) = ((sum_g[ch] / count) as f32, (sum_gx[ch] / count) as f32);
-                        for ((d, &v), &gg) in dst.iter_mut().zip(xp).zip(gp) {
-                            *d = if self.batch_stats {
-                                scale * (gg - mg - (v - m) * i * mgx)
-                            } else {
-                                scale * gg
-                            };
-                        }
-                    });
-                (dx, sum_g, sum_gx)
-            })
-        })??;
+        let op = "batch norm backward";
+        let (xv, g) = (read_f32(x), read_f32(grad));
+        let (xv, g) = (xv.values(op)?, g.values(op)?);
+        let (sum_g, sum_gx) = grad_sums(&xv, &g, (n, c, inner), &self.mean, &self.inv_std);
+        let mut dx = vec![0f32; xv.len()];
+        dx.par_chunks_mut(inner)
+            .zip(xv.par_chunks(inner).zip(g.par_chunks(inner)))
+            .enumerate()
+            .for_each(|(plane, (dst, (xp, gp)))| {
+                let ch = plane % c;
+                let (m, i) = (self.mean[ch], self.inv_std[ch]);
+                let scale = gm[ch] * i;
+                let (mg, mgx) = ((sum_g[ch] / count) as f32, (sum_gx[ch] / count) as f32);
+                for ((d, &v), &gg) in dst.iter_mut().zip(xp).zip(gp) {
+                    *d = if self.batch_stats {
+                        scale * (gg - mg - (v - m) * i * mgx)
+                    } else {
+                        scale * gg
+                    };
+                }
+            });
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, dims, dev)?),

@@ -53,6 +53,17 @@ struct Clamp {
     max: f32,
 }
 
+impl Clamp {
+    fn apply(&self, v: f32) -> f32 {
+        v.max(self.min).min(self.max)
+    }
+
+    /// Whether the gradient passes at `v`.
+    fn passes(&self, v: f32) -> bool {
+        v > self.min && v < self.max
+    }
+}
+
 impl CustomOp1 for Clamp {
     fn name(&self) -> &'static str {
         "clamp"
@@ -65,7 +76,7 @@ impl CustomOp1 for Clamp {
             .zip(x.par_chunks(CHUNK))
             .for_each(|(y, x)| {
                 for (y, &v) in y.iter_mut().zip(x) {
-                    *y = v.max(self.min).min(self.max);
+                    *y = self.apply(v);
                 }
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -95,13 +106,13 @@ impl CustomOp2 for ClampGrad {
             f32_values(s1, l1, "clamp backward")?,
             f32_values(s2, l2, "clamp backward")?,
         );
-        let Clamp { min, max } = self.0;
+        let clamp = self.0;
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(x.par_chunks(CHUNK)))
             .for_each(|(dx, (g, x))| {
                 for ((d, &g), &v) in dx.iter_mut().zip(g).zip(x) {
-                    *d = if v > min && v < max { g } else { 0.0 };
+                    *d = if clamp.passes(v) { g } else { 0.0 };
                 }
             });
         Ok((CpuStorage::F32(dx), l2.shape().clone()))
@@ -114,17 +125,6 @@ struct AvgPool {
     k: usize,
     pre: Option<Clamp>,
     post: Option<Clamp>,
-}
-
-impl Clamp {
-    fn apply(&self, v: f32) -> f32 {
-        v.max(self.min).min(self.max)
-    }
-
-    /// Whether the gradient passes at `v`.
-    fn passes(&self, v: f32) -> bool {
-        v > self.min && v < self.max
-    }
 }
 
 /// `(planes, (h, w), (oh, ow))` of an NCHW layout pooled by `k`.

@@ -8,7 +8,7 @@ use approx_hw::{Conv2dParams, ConvGeometry};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::storage::{f32_values, with_f32_values};
+use crate::storage::{f32_values, read_f32};
 
 /// `conv2d(input, weight)` (NCHW, OIHW, f32, no bias) through im2col + GEMM, with
 /// backward. Matches candle's `Tensor::conv2d` within float rounding.
@@ -258,11 +258,14 @@ impl CustomOp2 for FastConv2d {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let geo = geometry(input.dims(), weight.dims(), self.params)?;
         let op = "fast conv2d backward";
-        let (dx, dw) = with_f32_values(input, op, |x| {
-            with_f32_values(weight, op, |w| {
-                with_f32_values(grad, op, |g| backward(&geo, x, w, g, input.track_op()))
-            })
-        })???;
+        let (x, w, g) = (read_f32(input), read_f32(weight), read_f32(grad));
+        let (dx, dw) = backward(
+            &geo,
+            &x.values(op)?,
+            &w.values(op)?,
+            &g.values(op)?,
+            input.track_op(),
+        );
         Ok((
             dx.map(|dx| Tensor::from_vec(dx, input.shape(), input.device()))
                 .transpose()?,

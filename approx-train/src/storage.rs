@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
+use candle_core::{CpuStorage, Layout, Result, Storage, StorageRef, Tensor};
 
 /// The f32 values of `storage` under `layout`, in logical (row-major) order: borrowed
 /// when contiguous, gathered otherwise. `op` names the op in the error for another
@@ -25,16 +25,34 @@ pub fn f32_values<'a>(
     })
 }
 
-/// Calls `f` with the f32 values of the CPU tensor `t` in logical order, borrowed
-/// from its storage when contiguous (no copy, unlike `to_vec1`). `op` names the op in
-/// the error for another dtype or device.
-pub fn with_f32_values<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+/// A CPU tensor's storage held for reading (candle's read lock), so that a custom op's
+/// backward can borrow its f32 values instead of copying them out with `to_vec1`.
+pub struct ReadF32<'a> {
+    tensor: &'a Tensor,
+    storage: StorageRef<'a>,
+    layout: &'a Layout,
+}
+
+/// Holds `t`'s storage for reading; [`ReadF32::values`] borrows its values.
+pub fn read_f32(t: &Tensor) -> ReadF32<'_> {
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        return Err(candle_core::Error::Msg(format!(
-            "{op} runs on the CPU, got a tensor on {:?}",
-            t.device()
-        )));
-    };
-    Ok(f(&f32_values(cpu, layout, op)?))
+    ReadF32 {
+        tensor: t,
+        storage,
+        layout,
+    }
+}
+
+impl ReadF32<'_> {
+    /// The tensor's f32 values in logical order, as [`f32_values`]. `op` names the op
+    /// in the error for another dtype or device.
+    pub fn values(&self, op: &str) -> Result<Cow<'_, [f32]>> {
+        let Storage::Cpu(cpu) = &*self.storage else {
+            return Err(candle_core::Error::Msg(format!(
+                "{op} runs on the CPU, got a tensor on {:?}",
+                self.tensor.device()
+            )));
+        };
+        f32_values(cpu, self.layout, op)
+    }
 }

@@ -14,7 +14,7 @@ use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 use crate::calibration::Calibration;
-use crate::storage::{f32_values, with_f32_values};
+use crate::storage::{f32_values, read_f32};
 
 /// Elements per parallel work unit (and per noise stream) of the surrogate.
 pub const CHUNK: usize = 1 << 14;
@@ -76,32 +76,29 @@ impl CustomOp1 for Surrogate {
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let model = self.model;
         let op = "the surrogate's backward";
-        let d = with_f32_values(arg, op, |s| {
-            with_f32_values(grad, op, |g| {
-                let mut d = vec![0f32; s.len()];
-                d.par_chunks_mut(CHUNK)
-                    .zip(s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                    .for_each(|(d, (s, g))| {
-                        model.derivatives(s, d);
-                        match self.injection {
-                            Some(inj) => {
-                                let mut x = vec![0f32; s.len()];
-                                model.values(s, &mut x);
-                                for ((d, &g), &x) in d.iter_mut().zip(g).zip(&x) {
-                                    let slope = 1.0 + inj.calibration.bias_derivative(f64::from(x));
-                                    *d = (f64::from(g) * slope * f64::from(*d)) as f32;
-                                }
-                            }
-                            None => {
-                                for (d, &g) in d.iter_mut().zip(g) {
-                                    *d = (f64::from(g) * f64::from(*d)) as f32;
-                                }
-                            }
+        let (s, g) = (read_f32(arg), read_f32(grad));
+        let (s, g) = (s.values(op)?, g.values(op)?);
+        let mut d = vec![0f32; s.len()];
+        d.par_chunks_mut(CHUNK)
+            .zip(s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(d, (s, g))| {
+                model.derivatives(s, d);
+                match self.injection {
+                    Some(inj) => {
+                        let mut x = vec![0f32; s.len()];
+                        model.values(s, &mut x);
+                        for ((d, &g), &x) in d.iter_mut().zip(g).zip(&x) {
+                            let slope = 1.0 + inj.calibration.bias_derivative(f64::from(x));
+                            *d = (f64::from(g) * slope * f64::from(*d)) as f32;
                         }
-                    });
-                d
-            })
-        })??;
+                    }
+                    None => {
+                        for (d, &g) in d.iter_mut().zip(g) {
+                            *d = (f64::from(g) * f64::from(*d)) as f32;
+                        }
+                    }
+                }
+            });
         Ok(Some(Tensor::from_vec(d, arg.shape(), arg.device())?))
     }
 }

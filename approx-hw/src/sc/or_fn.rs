@@ -122,16 +122,7 @@ fn exp_neg(s: &[f64; LANES]) -> [f64; LANES] {
 /// is the same IEEE operations either way (no fused multiply-adds), so the results are
 /// identical.
 pub fn or_n_slice(n: u32, s: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn avx2(n: u32, s: &[f32], out: &mut [f32]) {
-            or_n_blocks(n, s, out)
-        }
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2(n, s, out) };
-    }
-    or_n_blocks(n, s, out)
+    widest(Slice::Value, n, s, out);
 }
 
 #[inline(always)]
@@ -174,16 +165,36 @@ fn or_n_blocks(n: u32, s: &[f32], out: &mut [f32]) {
 
 /// [`or_n_derivative`] of every element of `s` into `out`, as [`or_n_slice`].
 pub fn or_n_derivative_slice(n: u32, s: &[f32], out: &mut [f32]) {
+    widest(Slice::Derivative, n, s, out);
+}
+
+/// Which slice function [`widest`] runs.
+#[derive(Clone, Copy)]
+enum Slice {
+    Value,
+    Derivative,
+}
+
+/// Runs `which` over `s`, compiled for AVX2 where the CPU has it (both bodies are
+/// inlined into the AVX2 function, so both vectorise four lanes wide).
+fn widest(which: Slice, n: u32, s: &[f32], out: &mut [f32]) {
+    #[inline(always)]
+    fn run(which: Slice, n: u32, s: &[f32], out: &mut [f32]) {
+        match which {
+            Slice::Value => or_n_blocks(n, s, out),
+            Slice::Derivative => or_n_derivative_blocks(n, s, out),
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         #[target_feature(enable = "avx2")]
-        fn avx2(n: u32, s: &[f32], out: &mut [f32]) {
-            or_n_derivative_blocks(n, s, out)
+        fn avx2(which: Slice, n: u32, s: &[f32], out: &mut [f32]) {
+            run(which, n, s, out)
         }
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2(n, s, out) };
+        return unsafe { avx2(which, n, s, out) };
     }
-    or_n_derivative_blocks(n, s, out)
+    run(which, n, s, out)
 }
 
 #[inline(always)]
