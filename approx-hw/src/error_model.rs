@@ -4,7 +4,7 @@
 //! and what remains (bit-accurate output minus model) is calibrated and injected.
 
 use crate::mult::MulTable;
-use crate::sc::or_fn::{or_n, or_n_derivative, or_n_derivative_slice, or_n_slice};
+use crate::sc::or_fn::{or_n, or_n_derivative, or_n_slices};
 use crate::sc::Accumulation;
 use crate::{HwSpec, Result};
 
@@ -114,29 +114,22 @@ impl ErrorModel {
         }
     }
 
-    /// [`ErrorModel::value`] of every element of `s` into `out` (f32 in and out): the
-    /// training surrogate's form, which evaluates OR-n several times faster (see
-    /// [`or_n_slice`]).
-    pub fn values(&self, s: &[f32], out: &mut [f32]) {
-        match *self {
-            ErrorModel::OrN { n } => or_n_slice(u32::from(n), s, out),
-            _ => {
-                for (o, &v) in out.iter_mut().zip(s) {
-                    *o = self.value(f64::from(v)) as f32;
-                }
+    /// [`ErrorModel::value`] and/or [`ErrorModel::derivative`] of every element of
+    /// `s`, into `values` and `derivatives` where given (f32 in and out, each as long
+    /// as `s`): the training surrogate's form, which evaluates OR-n several times
+    /// faster and shares its work between the two (see [`or_n_slices`]).
+    pub fn evaluate(&self, s: &[f32], values: Option<&mut [f32]>, derivatives: Option<&mut [f32]>) {
+        if let ErrorModel::OrN { n } = *self {
+            return or_n_slices(u32::from(n), s, values, derivatives);
+        }
+        if let Some(out) = values {
+            for (o, &v) in out.iter_mut().zip(s) {
+                *o = self.value(f64::from(v)) as f32;
             }
         }
-    }
-
-    /// [`ErrorModel::derivative`] of every element of `s` into `out`, as
-    /// [`ErrorModel::values`].
-    pub fn derivatives(&self, s: &[f32], out: &mut [f32]) {
-        match *self {
-            ErrorModel::OrN { n } => or_n_derivative_slice(u32::from(n), s, out),
-            _ => {
-                for (o, &v) in out.iter_mut().zip(s) {
-                    *o = self.derivative(f64::from(v)) as f32;
-                }
+        if let Some(out) = derivatives {
+            for (o, &v) in out.iter_mut().zip(s) {
+                *o = self.derivative(f64::from(v)) as f32;
             }
         }
     }

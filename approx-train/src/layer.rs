@@ -252,28 +252,18 @@ impl HwLayer {
             }
             PartialSums::SplitWeights => {
                 // Both polarities in one conv (the positive and negative weight parts
-                // stacked as output channels), so the input is unfolded once.
-                let filters = w.dim(0)?;
+                // stacked as output channels), so the input is unfolded once, and one
+                // op for the surrogate of both and their difference.
                 let both = Tensor::cat(&[w.relu()?, w.neg()?.relu()?], 0)?;
                 let sums = self.exact(x, &both)?;
-                let (sp, sn) = (
-                    sums.narrow(1, 0, filters)?,
-                    sums.narrow(1, filters, filters)?,
-                );
                 if per_polarity {
-                    let pos = Surrogate {
+                    return Surrogate {
                         model,
                         injection: injection(0),
                     }
-                    .apply(&sp)?;
-                    let neg = Surrogate {
-                        model,
-                        injection: injection(1),
-                    }
-                    .apply(&sn)?;
-                    return pos - neg;
+                    .apply_split(&sums);
                 }
-                (plain.apply(&sp)? - plain.apply(&sn)?)?
+                plain.apply_split(&sums)?
             }
             PartialSums::Tiles { rows } => self.tiled(x, w, rows, plain)?,
         };

@@ -1,10 +1,17 @@
 //! The differentiable stand-in for the hardware: a kind's error model applied to exact
-//! partial sums, optionally with calibrated error injected, as one candle op that
-//! keeps only its input `s` for backward (everything else is recomputed from it).
+//! partial sums, optionally with calibrated error injected, as candle ops that keep
+//! only their input (the sums) for backward; everything else is recomputed from it.
 //!
-//! Both passes run in parallel over fixed chunks of [`CHUNK`] elements; chunk `i` draws
-//! its noise from stream `i` of the injection's seed, so the bits do not depend on the
-//! number of threads.
+//! Two ops: [`Surrogate::apply`] elementwise, and [`Surrogate::apply_split`], which
+//! takes both polarities' sums stacked along the channels and returns `model(s+) −
+//! model(s−)` in one pass (no copies of either half, no separate subtraction, and a
+//! backward that writes both halves' gradients in place).
+//!
+//! Both run in parallel over fixed chunks of at most [`CHUNK`] elements; each chunk
+//! draws its noise from its own stream of the injection's seed, so the bits do not
+//! depend on the number of threads.
+
+use std::borrow::Cow;
 
 use approx_hw::ErrorModel;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -42,63 +49,156 @@ pub struct Surrogate {
 impl Surrogate {
     /// Applies the surrogate to `s` (f32), recording its backward.
     pub fn apply(self, s: &Tensor) -> Result<Tensor> {
-        s.apply_op1(self)
+        s.apply_op1(Elementwise(self))
+    }
+
+    /// The split-unipolar form: `sums` (f32, `[N, 2C, ...]`) holds the positive
+    /// weights' sums in channels `0..C` and the negative weights' in `C..2C`; the
+    /// result (`[N, C, ...]`) is the surrogate of the first half minus that of the
+    /// second, each with its own noise when injecting (REX-SC injects per polarity).
+    pub fn apply_split(self, sums: &Tensor) -> Result<Tensor> {
+        sums.apply_op1(SplitPolarity(self))
+    }
+
+    /// The surrogate of one chunk of sums `s` into `out`, its noise from `stream` of
+    /// the injection's seed.
+    fn forward_chunk(&self, s: &[f32], out: &mut [f32], stream: u64) {
+        self.model.evaluate(s, Some(&mut *out), None);
+        let Some(inj) = self.injection else {
+            return;
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(inj.seed);
+        rng.set_stream(stream);
+        let eps: Vec<f32> = (0..out.len()).map(|_| rng.sample(StandardNormal)).collect();
+        let cal = inj.calibration;
+        for (o, &e) in out.iter_mut().zip(&eps) {
+            let x = f64::from(*o);
+            *o = (x + cal.bias(x) + cal.std(x) * f64::from(e)) as f32;
+        }
+    }
+
+    /// The gradient of one chunk: `d = sign · g · (1 + bias′(x)) · model′(s)`.
+    fn backward_chunk(&self, s: &[f32], g: &[f32], sign: f64, d: &mut [f32]) {
+        match self.injection {
+            None => {
+                self.model.evaluate(s, None, Some(&mut *d));
+                for (d, &g) in d.iter_mut().zip(g) {
+                    *d = (sign * f64::from(g) * f64::from(*d)) as f32;
+                }
+            }
+            Some(inj) => {
+                let mut x = vec![0f32; s.len()];
+                self.model.evaluate(s, Some(&mut x), Some(&mut *d));
+                let cal = inj.calibration;
+                for ((d, &g), &x) in d.iter_mut().zip(g).zip(&x) {
+                    let slope = 1.0 + cal.bias_derivative(f64::from(x));
+                    *d = (sign * f64::from(g) * slope * f64::from(*d)) as f32;
+                }
+            }
+        }
     }
 }
 
-impl CustomOp1 for Surrogate {
+/// The elementwise surrogate op.
+#[derive(Debug, Clone, Copy)]
+struct Elementwise(Surrogate);
+
+impl CustomOp1 for Elementwise {
     fn name(&self) -> &'static str {
         "surrogate"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let s = f32_values(storage, layout, "the surrogate")?;
-        let model = self.model;
         let mut out = vec![0f32; s.len()];
         out.par_chunks_mut(CHUNK)
             .zip(s.par_chunks(CHUNK))
             .enumerate()
-            .for_each(|(chunk, (out, s))| {
-                model.values(s, out);
-                if let Some(inj) = self.injection {
-                    let mut rng = ChaCha8Rng::seed_from_u64(inj.seed);
-                    rng.set_stream(chunk as u64);
-                    for o in out.iter_mut() {
-                        let x = f64::from(*o);
-                        let eps: f64 = rng.sample(StandardNormal);
-                        *o = (x + inj.calibration.bias(x) + inj.calibration.std(x) * eps) as f32;
-                    }
-                }
-            });
+            .for_each(|(chunk, (out, s))| self.0.forward_chunk(s, out, chunk as u64));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let model = self.model;
         let op = "the surrogate's backward";
         let (s, g) = (read_f32(arg), read_f32(grad));
         let (s, g) = (s.values(op)?, g.values(op)?);
         let mut d = vec![0f32; s.len()];
         d.par_chunks_mut(CHUNK)
             .zip(s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(d, (s, g))| {
-                model.derivatives(s, d);
-                match self.injection {
-                    Some(inj) => {
-                        let mut x = vec![0f32; s.len()];
-                        model.values(s, &mut x);
-                        for ((d, &g), &x) in d.iter_mut().zip(g).zip(&x) {
-                            let slope = 1.0 + inj.calibration.bias_derivative(f64::from(x));
-                            *d = (f64::from(g) * slope * f64::from(*d)) as f32;
-                        }
+            .for_each(|(d, (s, g))| self.0.backward_chunk(s, g, 1.0, d));
+        Ok(Some(Tensor::from_vec(d, arg.shape(), arg.device())?))
+    }
+}
+
+/// The split-polarity surrogate op (see [`Surrogate::apply_split`]).
+#[derive(Debug, Clone, Copy)]
+struct SplitPolarity(Surrogate);
+
+/// `[N, 2C, ...]`'s elements per image and polarity (`C·...`), and the output shape
+/// `[N, C, ...]`.
+fn split_shape(shape: &Shape) -> Result<(usize, Shape)> {
+    let dims = shape.dims();
+    if dims.len() < 2 || !dims[1].is_multiple_of(2) {
+        return Err(candle_core::Error::Msg(format!(
+            "the split surrogate takes [N, 2C, ...] stacked polarities, got {dims:?}"
+        )));
+    }
+    let mut out = dims.to_vec();
+    out[1] /= 2;
+    let half = out[1..].iter().product();
+    Ok((half, Shape::from(out)))
+}
+
+impl CustomOp1 for SplitPolarity {
+    fn name(&self) -> &'static str {
+        "split-surrogate"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (half, shape) = split_shape(layout.shape())?;
+        let s = f32_values(storage, layout, "the split surrogate")?;
+        let mut out = vec![0f32; shape.elem_count()];
+        if half > 0 {
+            let per_image = half.div_ceil(CHUNK);
+            out.par_chunks_mut(half)
+                .zip(s.par_chunks(2 * half))
+                .enumerate()
+                .for_each(|(image, (out, s))| {
+                    let (pos, neg) = s.split_at(half);
+                    out.par_chunks_mut(CHUNK)
+                        .zip(pos.par_chunks(CHUNK).zip(neg.par_chunks(CHUNK)))
+                        .enumerate()
+                        .for_each(|(j, (out, (pos, neg)))| {
+                            let unit = (image * per_image + j) as u64;
+                            let mut minus = vec![0f32; out.len()];
+                            self.0.forward_chunk(pos, out, 2 * unit);
+                            self.0.forward_chunk(neg, &mut minus, 2 * unit + 1);
+                            out.iter_mut().zip(&minus).for_each(|(o, m)| *o -= m);
+                        });
+                });
+        }
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = "the split surrogate's backward";
+        let (half, _) = split_shape(arg.shape())?;
+        let (s, g) = (read_f32(arg), read_f32(grad));
+        let (s, g): (Cow<[f32]>, Cow<[f32]>) = (s.values(op)?, g.values(op)?);
+        let mut d = vec![0f32; s.len()];
+        if half > 0 {
+            d.par_chunks_mut(2 * half)
+                .zip(s.par_chunks(2 * half).zip(g.par_chunks(half)))
+                .for_each(|(d, (s, g))| {
+                    let (d_pos, d_neg) = d.split_at_mut(half);
+                    let (s_pos, s_neg) = s.split_at(half);
+                    for (d, s, sign) in [(d_pos, s_pos, 1.0), (d_neg, s_neg, -1.0)] {
+                        d.par_chunks_mut(CHUNK)
+                            .zip(s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                            .for_each(|(d, (s, g))| self.0.backward_chunk(s, g, sign, d));
                     }
-                    None => {
-                        for (d, &g) in d.iter_mut().zip(g) {
-                            *d = (f64::from(g) * f64::from(*d)) as f32;
-                        }
-                    }
-                }
-            });
+                });
+        }
         Ok(Some(Tensor::from_vec(d, arg.shape(), arg.device())?))
     }
 }
@@ -170,6 +270,61 @@ mod tests {
                 }),
             });
         }
+    }
+
+    #[test]
+    fn split_is_the_difference_of_the_halves_in_value_and_gradient() {
+        // [N = 2, 2C = 6, 5]: halves of 3 channels, sums in (−0.5, 3.5).
+        let data: Vec<f32> = (0..60)
+            .map(|i| ((i * 37) % 41) as f32 / 10.0 - 0.5)
+            .collect();
+        let s = Var::from_vec(data, (2, 6, 5), &Device::Cpu).unwrap();
+        let r = Tensor::from_vec(
+            (0..30).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<_>>(),
+            (2, 3, 5),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let cal = Calibration {
+            bias: [0.01, -0.03, 0.02, -0.004, 0.0, 0.0],
+            std: [0.05, 0.01, 0.0, 0.0, 0.0, 0.0],
+            range: [0.0, 3.0],
+        };
+        for injection in [
+            None,
+            Some(Injection {
+                calibration: cal,
+                seed: 9,
+            }),
+        ] {
+            let surrogate = Surrogate {
+                model: ErrorModel::OrN { n: 2 },
+                injection,
+            };
+            let split = surrogate.apply_split(&s).unwrap();
+            let halves = (surrogate.apply(&s.narrow(1, 0, 3).unwrap()).unwrap()
+                - surrogate.apply(&s.narrow(1, 3, 3).unwrap()).unwrap())
+            .unwrap();
+            assert_eq!(split.dims(), &[2, 3, 5]);
+            if injection.is_none() {
+                assert_eq!(
+                    split.to_vec3::<f32>().unwrap(),
+                    halves.to_vec3::<f32>().unwrap()
+                );
+            }
+            // The noise is a constant: the gradients agree with or without it.
+            let grad = |y: Tensor| {
+                let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                g.get(&s).unwrap().to_vec3::<f32>().unwrap()
+            };
+            assert_eq!(grad(split), grad(halves), "{injection:?}");
+        }
+        assert!(Surrogate {
+            model: ErrorModel::OrN { n: 2 },
+            injection: None,
+        }
+        .apply_split(&Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap())
+        .is_err());
     }
 
     #[test]
