@@ -13,11 +13,11 @@
 
 use std::borrow::Cow;
 
+use approx_hw::rng::fill_standard_normal;
 use approx_hw::ErrorModel;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 use crate::calibration::Calibration;
@@ -69,7 +69,8 @@ impl Surrogate {
         };
         let mut rng = ChaCha8Rng::seed_from_u64(inj.seed);
         rng.set_stream(stream);
-        let eps: Vec<f32> = (0..out.len()).map(|_| rng.sample(StandardNormal)).collect();
+        let mut eps = vec![0f32; out.len()];
+        fill_standard_normal(&mut rng, &mut eps);
         let cal = inj.calibration;
         for (o, &e) in out.iter_mut().zip(&eps) {
             let x = f64::from(*o);
