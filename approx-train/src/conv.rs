@@ -29,7 +29,7 @@ fn geometry(input: &[usize], weight: &[usize], params: Conv2dParams) -> Result<C
 /// `C = A · B` for row-major `A` (m x k) and `B` (k x n) into row-major `C` (m x n),
 /// accumulating into `C` when `accumulate`. Each operand is `(data, transposed)`: a
 /// transposed operand is stored as the row-major transpose.
-fn gemm_rm(
+pub(crate) fn gemm_rm(
     m: usize,
     n: usize,
     k: usize,

@@ -5,15 +5,15 @@
 use std::sync::Mutex;
 
 use approx_hw::analog::AnalogOp;
-use approx_hw::im2col::im2col;
 use approx_hw::rng::mix;
-use approx_hw::{sc, ConvGeometry, ErrorModel, HwSpec, Layer, PartialSums};
-use candle_core::{Device, Result, Tensor, Var};
+use approx_hw::{sc, ErrorModel, HwSpec, Layer, PartialSums};
+use candle_core::{Result, Tensor, Var};
 
 use crate::calibration::{Binning, Calibration};
 use crate::mode::ExecMode;
 use crate::ste::{straight_through, Quantizer, StreamQuantizer};
 use crate::surrogate::{Injection, Surrogate};
+use crate::tiled::tiled_surrogate;
 
 /// Fraction bits of REX-SC's input and weight quantizer in front of SC layers.
 const SC_QUANT_BITS: u32 = 7;
@@ -265,72 +265,13 @@ impl HwLayer {
                 }
                 plain.apply_split(&sums)?
             }
-            PartialSums::Tiles { rows } => self.tiled(x, w, rows, plain)?,
+            PartialSums::Tiles { rows } => tiled_surrogate(x, w, self.op, rows, model)?,
         };
         Surrogate {
             model: ErrorModel::Identity,
             injection: injection(0),
         }
         .apply(&y)
-    }
-
-    /// `Σ_t scale_t · model(s_t / scale_t)` over tiles of `rows` fan-in rows, with
-    /// `scale_t` (detached) the tile's input abs-max per output pixel times its weight
-    /// abs-max.
-    fn tiled(&self, x: &Tensor, w: &Tensor, rows: usize, surrogate: Surrogate) -> Result<Tensor> {
-        let geo = self.geometry(x, w)?;
-        let fan_in = geo.fan_in();
-        let x_data = x.flatten_all()?.to_vec1::<f32>()?;
-        let w_data = w.flatten_all()?.to_vec1::<f32>()?;
-        let pixels = geo.batch * geo.out_pixels();
-        let mut col = vec![0f32; fan_in * pixels];
-        im2col(&geo, &x_data, 0..pixels, &mut col);
-        let out_dims = self.op.out_shape(&geo);
-        let mut scale_dims = out_dims.clone();
-        scale_dims[1] = 1;
-        let mut total: Option<Tensor> = None;
-        for r0 in (0..fan_in).step_by(rows) {
-            let r1 = (r0 + rows).min(fan_in);
-            let omega = w_data
-                .chunks(fan_in)
-                .flat_map(|r| &r[r0..r1])
-                .fold(0f32, |m, v| m.max(v.abs()));
-            // α per output pixel over the tile's rows, laid out like the output with
-            // one channel (pixels are numbered image-major, as NCHW is).
-            let mut alpha = vec![0f32; pixels];
-            for row in col[r0 * pixels..r1 * pixels].chunks(pixels) {
-                alpha
-                    .iter_mut()
-                    .zip(row)
-                    .for_each(|(a, v)| *a = a.max(v.abs()));
-            }
-            let scale: Vec<f32> = alpha.iter().map(|a| a * omega).collect();
-            let safe: Vec<f32> = scale
-                .iter()
-                .map(|&s| if s > 0.0 { s } else { 1.0 })
-                .collect();
-            let scale = Tensor::from_vec(scale, scale_dims.as_slice(), &Device::Cpu)?;
-            let safe = Tensor::from_vec(safe, scale_dims.as_slice(), &Device::Cpu)?;
-            let mask: Vec<f32> = (0..w_data.len())
-                .map(|i| f32::from(u8::from((r0..r1).contains(&(i % fan_in)))))
-                .collect();
-            let mask = Tensor::from_vec(mask, w.shape(), &Device::Cpu)?;
-            let s = self.exact(x, &(w * mask)?)?;
-            let part = surrogate
-                .apply(&s.broadcast_div(&safe)?)?
-                .broadcast_mul(&scale)?;
-            total = Some(match total {
-                None => part,
-                Some(t) => (t + part)?,
-            });
-        }
-        total.ok_or_else(|| err(format!("layer `{}` has no fan-in", self.name)))
-    }
-
-    fn geometry(&self, x: &Tensor, w: &Tensor) -> Result<ConvGeometry> {
-        self.op
-            .geometry(x.dims(), w.dims())
-            .map_err(|e| err(format!("layer `{}`: {e}", self.name)))
     }
 
     /// Fits the bias and std polynomials from the input `x` (detached, quantized as

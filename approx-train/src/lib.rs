@@ -41,4 +41,5 @@ pub mod schedule;
 pub mod ste;
 pub mod storage;
 pub mod surrogate;
+pub mod tiled;
 pub mod trainer;

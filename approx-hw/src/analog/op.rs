@@ -1,15 +1,14 @@
 //! The `analog` layer kernel and candle op: im2col + one GEMM per tile, with noise
 //! management, DAC, noise, ADC and the digital sum fused around it.
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 use super::spec::AnalogSpec;
 use crate::im2col::{im2col, scatter_outputs};
 use crate::layer::{DenseKernel, Layer};
-use crate::rng::mix;
+use crate::rng::{fill_standard_normal, mix};
 use crate::round::ties_even_small;
 use crate::{ConvGeometry, Result};
 
@@ -78,15 +77,18 @@ impl AnalogOp {
             if omega == 0.0 {
                 continue;
             }
-            let mut rng = self.rng(0, t as u64);
-            for o in 0..geo.out_channels {
-                for k in r0..r1 {
-                    let noise: f32 = if self.spec.w_noise > 0.0 {
-                        self.spec.w_noise * rng.sample::<f32, _>(StandardNormal)
-                    } else {
-                        0.0
-                    };
-                    noisy[o * fan_in + k] = weight[o * fan_in + k] / omega + noise;
+            let mut eps = vec![0f32; geo.out_channels * (r1 - r0)];
+            if self.spec.w_noise > 0.0 {
+                fill_standard_normal(&mut self.rng(0, t as u64), &mut eps);
+            }
+            let rows_eps = eps.chunks(r1 - r0);
+            for ((w, noisy), eps) in weight
+                .chunks(fan_in)
+                .zip(noisy.chunks_mut(fan_in))
+                .zip(rows_eps)
+            {
+                for ((n, &w), &e) in noisy[r0..r1].iter_mut().zip(&w[r0..r1]).zip(eps) {
+                    *n = w / omega + self.spec.w_noise * e;
                 }
             }
         }
@@ -113,11 +115,16 @@ impl DenseKernel for AnalogOp {
         let chunks: Vec<(usize, Vec<f32>)> = (0..pixels.div_ceil(CHUNK))
             .into_par_iter()
             .map_init(
-                || (vec![0f32; fan_in * CHUNK], vec![0f32; out_ch * CHUNK]),
-                |(col, y), chunk| {
+                || {
+                    let outputs = vec![0f32; out_ch * CHUNK];
+                    (vec![0f32; fan_in * CHUNK], outputs.clone(), outputs)
+                },
+                |(col, y, eps), chunk| {
                     let start = chunk * CHUNK;
                     let len = CHUNK.min(pixels - start);
                     let col = &mut col[..fan_in * len];
+                    // Each tile's output noise, one sample per output.
+                    let eps = &mut eps[..out_ch * len];
                     im2col(geo, input, start..start + len, col);
                     let mut out = vec![0f32; out_ch * len];
                     let (mut alpha, mut gain) = (vec![0f32; len], vec![0f32; len]);
@@ -171,17 +178,19 @@ impl DenseKernel for AnalogOp {
                             );
                         }
                         // Output noise, ADC and the digital sum, fused.
-                        let mut rng =
-                            self.rng(1, (chunk * fan_in.div_ceil(spec.tile_rows) + t) as u64);
-                        for ((o_px, y_px), &a) in
-                            out.chunks_mut(out_ch).zip(y.chunks(out_ch)).zip(&alpha)
+                        if spec.out_noise > 0.0 {
+                            let stream = (chunk * fan_in.div_ceil(spec.tile_rows) + t) as u64;
+                            fill_standard_normal(&mut self.rng(1, stream), eps);
+                        }
+                        for (((o_px, y_px), e_px), &a) in out
+                            .chunks_mut(out_ch)
+                            .zip(y.chunks(out_ch))
+                            .zip(eps.chunks(out_ch))
+                            .zip(&alpha)
                         {
                             let scale = (bound / l_out) * (a * omega);
-                            for (o, &s) in o_px.iter_mut().zip(y_px) {
-                                let mut v = s / l_in;
-                                if spec.out_noise > 0.0 {
-                                    v += spec.out_noise * rng.sample::<f32, _>(StandardNormal);
-                                }
+                            for ((o, &s), &e) in o_px.iter_mut().zip(y_px).zip(e_px) {
+                                let v = s / l_in + spec.out_noise * e;
                                 let level =
                                     ties_even_small(v.clamp(-bound, bound) * (l_out / bound));
                                 *o += level * scale;
