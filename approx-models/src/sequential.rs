@@ -325,14 +325,7 @@ impl Step {
     /// Applies the step to `h`.
     fn forward(&self, h: &Tensor, ctx: Ctx) -> Result<Tensor> {
         match self {
-            Step::Hw(l) if h.rank() == 3 => {
-                // A linear layer applied to every token.
-                let (n, t, d) = h.dims3()?;
-                let y = l.forward(&h.reshape((n * t, d))?)?;
-                let out = y.dim(1)?;
-                y.reshape((n, t, out))
-            }
-            Step::Hw(l) => l.forward(h),
+            Step::Hw(l) => hw_step(l, h, HwLayer::forward),
             Step::LayerNorm(ln) => ln.forward(h),
             Step::Tokens(t) => t.forward(h),
             Step::SelfAttention(a) => a.forward(h, ctx.mode),
@@ -424,6 +417,35 @@ fn resolve(
         });
     }
     Ok(steps)
+}
+
+/// The hardware layer `l` on `h` through `forward` (its forward or its gradient-only
+/// form); on `[N, T, K]` tokens, a linear layer applied to every token.
+fn hw_step(
+    l: &HwLayer,
+    h: &Tensor,
+    forward: fn(&HwLayer, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    if h.rank() != 3 {
+        return forward(l, h);
+    }
+    let (n, t, d) = h.dims3()?;
+    let y = forward(l, &h.reshape((n * t, d))?)?;
+    let out = y.dim(1)?;
+    y.reshape((n, t, out))
+}
+
+/// Runs a checkpointed block: as [`run`], except that when recomputing, a last step
+/// that is a hardware layer runs [`HwLayer::forward_gradient_only`]. Nothing reads a
+/// recomputed block's output value, only gradients flow through it, so with blocks
+/// that end at hardware layers the recomputation never runs a bit-accurate kernel.
+fn run_block(steps: &[Step], x: &Tensor, ctx: Ctx) -> Result<Tensor> {
+    match (ctx.pass, steps.split_last()) {
+        (Pass::Recompute, Some((Step::Hw(l), body))) => {
+            hw_step(l, &run(body, x, ctx)?, HwLayer::forward_gradient_only)
+        }
+        _ => run(steps, x, ctx),
+    }
 }
 
 /// Applies `steps` in order to `x`.
@@ -527,9 +549,13 @@ impl Sequential {
     }
 
     /// Trains with gradient checkpointing in `segments` blocks of about equally many
-    /// hardware layers (0 or 1: off). Each block keeps only its input for backward
-    /// and recomputes its activations there (bit-accurate kernels included), trading
-    /// one more forward for memory; gradients are unchanged.
+    /// hardware layers (0 or 1: off). Each block ends at a hardware layer and keeps
+    /// only its input for backward, where its activations are recomputed from it
+    /// (one more forward, traded for memory; gradients are unchanged). The block's
+    /// last hardware layer is recomputed without its bit-accurate kernel (see
+    /// [`run_block`]), so with one block per hardware layer `accurate` training pays
+    /// for the recomputation with the surrogate only. Steps after the last hardware
+    /// layer (a classifier's batch norm) run unchecked.
     pub fn set_checkpoint_segments(&mut self, segments: usize) {
         self.segments.clear();
         let per_step: Vec<usize> = self.steps.iter().map(|s| s.hw_layers().len()).collect();
@@ -537,20 +563,21 @@ impl Sequential {
         if segments <= 1 || layers == 0 {
             return;
         }
-        // A step whose first hardware layer is layer j goes to segment ⌊j·S/L⌋.
+        // Hardware layer j belongs to block ⌊j·S/L⌋; a block ends after the step that
+        // holds its last hardware layer.
         let segments = segments.min(layers);
-        let (mut start, mut seen, mut current) = (0, 0, 0);
+        let group = |j: usize| j * segments / layers;
+        let (mut start, mut seen) = (0, 0);
         for (i, &n) in per_step.iter().enumerate() {
-            if n > 0 {
-                let segment = seen * segments / layers;
-                if segment != current {
-                    self.segments.push(start..i);
-                    (start, current) = (i, segment);
-                }
-                seen += n;
+            if n == 0 {
+                continue;
+            }
+            seen += n;
+            if seen == layers || group(seen) != group(seen - 1) {
+                self.segments.push(start..i + 1);
+                start = i + 1;
             }
         }
-        self.segments.push(start..self.steps.len());
     }
 
     /// The checkpointed segments, as step index ranges (empty: none).
@@ -575,6 +602,7 @@ impl Model for Sequential {
             return run(&self.steps, x, ctx);
         }
         let mut h = x.clone();
+        let tail = self.segments.last().map_or(0, |r| r.end);
         for range in &self.segments {
             let params = self.steps[range.clone()]
                 .iter()
@@ -585,11 +613,11 @@ impl Model for Sequential {
                 &h,
                 params,
                 Arc::new(move |t: &Tensor, pass: Pass| {
-                    run(&steps[range.clone()], t, Ctx { pass, ..ctx })
+                    run_block(&steps[range.clone()], t, Ctx { pass, ..ctx })
                 }),
             )?;
         }
-        Ok(h)
+        run(&self.steps[tail..], &h, ctx)
     }
 
     fn merge_recomputed_grads(&self, grads: &mut GradStore) -> Result<()> {
@@ -631,6 +659,33 @@ fn avg_pool_padded(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> 
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn checkpoint_blocks_end_at_hardware_layers() {
+        let hw = crate::HwMap::All("sc:len=16,acc=or2".parse().unwrap());
+        for (kind, segments) in [
+            (crate::ModelKind::TinyConv, 4),
+            (crate::ModelKind::Vgg11, 3),
+        ] {
+            let mut net = crate::build(kind, (3, 32, 32), 10, &hw, ExecMode::Accurate, 0).unwrap();
+            net.set_checkpoint_segments(segments);
+            let blocks = net.checkpoint_segments().to_vec();
+            assert_eq!(blocks.len(), segments, "{kind}");
+            assert_eq!(blocks[0].start, 0);
+            for (a, b) in blocks.iter().zip(&blocks[1..]) {
+                assert_eq!(a.end, b.start, "{kind}: blocks are contiguous");
+            }
+            for block in &blocks {
+                assert!(
+                    matches!(net.steps[block.end - 1], Step::Hw(_)),
+                    "{kind} {block:?}"
+                );
+            }
+            // What follows the last hardware layer runs unchecked.
+            let tail = &net.steps[blocks[segments - 1].end..];
+            assert!(tail.iter().all(|s| s.hw_layers().is_empty()), "{kind}");
+        }
+    }
 
     #[test]
     fn padded_average_pooling_matches_candle_on_a_zero_padded_input() {

@@ -9,7 +9,7 @@ use approx_hw::rng::mix;
 use approx_hw::{sc, ErrorModel, HwSpec, Layer, PartialSums};
 use candle_core::{Result, Tensor, Var};
 
-use crate::calibration::{Binning, Calibration};
+use crate::calibration::{Binning, Calibration, DEGREE};
 use crate::mode::ExecMode;
 use crate::ste::{straight_through, Quantizer, StreamQuantizer};
 use crate::surrogate::{Injection, Surrogate};
@@ -174,6 +174,33 @@ impl HwLayer {
                 straight_through(&self.approx(&x, &w, None)?, &hardware)?
             }
         };
+        self.with_bias(y)
+    }
+
+    /// The forward of a layer whose output value nothing reads, only gradients through
+    /// it (the last layer of a recomputed checkpoint block): the surrogate without
+    /// what gives only the value, the same gradient. In `accurate` mode that is the
+    /// bit-accurate kernel, in `inject` mode the noise (the calibrated bias stays: its
+    /// slope is in the gradient); other modes are [`HwLayer::forward`].
+    pub fn forward_gradient_only(&self, x: &Tensor) -> Result<Tensor> {
+        let state = self.state();
+        let inject = match state.mode {
+            ExecMode::Accurate => None,
+            ExecMode::Inject if !state.calibrate_next => state.calibration.map(|c| {
+                let bias_only = Calibration {
+                    std: [0.0; DEGREE + 1],
+                    ..c
+                };
+                (bias_only, state.step)
+            }),
+            _ => return self.forward(x),
+        };
+        let (x, w) = self.operands(x, state.mode)?;
+        self.with_bias(self.approx(&x, &w, inject)?)
+    }
+
+    /// `y` plus the bias, if any (per output channel).
+    fn with_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
             None => Ok(y),
             Some(b) => match self.op {

@@ -37,15 +37,19 @@ impl Recompute {
     /// Runs `block` on `x` keeping only `x` and the output for backward; `params` are
     /// the block's parameters, whose gradients go through the side channel.
     pub fn block(&self, x: &Tensor, params: Vec<Var>, block: BlockFn) -> Result<Tensor> {
-        // The op is recorded only on a tracked input; data is wrapped in a Var.
-        let x = if x.track_op() {
-            x.clone()
-        } else {
+        // The op is recorded only on a tracked input; data is wrapped in a Var, but
+        // its gradient is never computed (a first conv's input gradient is as costly
+        // as its weight gradient).
+        let data = !x.track_op();
+        let x = if data {
             Var::from_tensor(x)?.as_tensor().clone()
+        } else {
+            x.clone()
         };
         x.apply_op1(Checkpoint {
             block,
             params,
+            data,
             side: self.side.clone(),
         })
     }
@@ -71,6 +75,8 @@ impl Recompute {
 struct Checkpoint {
     block: BlockFn,
     params: Vec<Var>,
+    /// The block's input is data: no gradient flows back into it.
+    data: bool,
     side: Arc<Mutex<Vec<GradStore>>>,
 }
 
@@ -89,8 +95,12 @@ impl CustomOp1 for Checkpoint {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let x = Var::from_tensor(&arg.detach())?;
-        let y = (self.block)(x.as_tensor(), Pass::Recompute)?;
+        let x = if self.data {
+            arg.detach()
+        } else {
+            Var::from_tensor(&arg.detach())?.as_tensor().clone()
+        };
+        let y = (self.block)(&x, Pass::Recompute)?;
         let grads = (y * grad)?.sum_all()?.backward()?;
         let mut keep = GradStore::default();
         for p in &self.params {
@@ -102,7 +112,7 @@ impl CustomOp1 for Checkpoint {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(keep);
-        Ok(grads.get(x.as_tensor()).map(Tensor::detach))
+        Ok(grads.get(&x).map(Tensor::detach))
     }
 }
 

@@ -20,7 +20,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::calibration::Calibration;
+use crate::calibration::{Calibration, DEGREE};
 use crate::storage::{f32_values, read_f32};
 
 /// Elements per parallel work unit (and per noise stream) of the surrogate.
@@ -67,11 +67,19 @@ impl Surrogate {
         let Some(inj) = self.injection else {
             return;
         };
+        let cal = inj.calibration;
+        if cal.std == [0.0; DEGREE + 1] {
+            // Only the bias: no noise to draw.
+            out.iter_mut().for_each(|o| {
+                let x = f64::from(*o);
+                *o = (x + cal.bias(x)) as f32;
+            });
+            return;
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(inj.seed);
         rng.set_stream(stream);
         let mut eps = vec![0f32; out.len()];
         fill_standard_normal(&mut rng, &mut eps);
-        let cal = inj.calibration;
         for (o, &e) in out.iter_mut().zip(&eps) {
             let x = f64::from(*o);
             *o = (x + cal.bias(x) + cal.std(x) * f64::from(e)) as f32;
