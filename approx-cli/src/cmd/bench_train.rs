@@ -14,6 +14,7 @@ use approx_models::{save, HwMap, Sequential};
 use approx_train::data::Dataset;
 use approx_train::io::{peak_rss_bytes, write_atomic};
 use approx_train::mode::ExecMode;
+use approx_train::model::Model;
 use approx_train::schedule::Phases;
 use approx_train::trainer::{evaluate, on_large_stack, train, EpochRecord};
 use serde::{Deserialize, Serialize};
@@ -42,9 +43,11 @@ pub struct Args {
     /// The accelerated schedule (the baseline is `accurate:1`, the float run `float:1`).
     #[arg(long, default_value = "inject:2,accurate:1")]
     schedule: Phases,
-    /// Checkpointed segments of the accelerated run (the baseline runs without).
-    #[arg(long, default_value_t = 2)]
-    segments: usize,
+    /// Checkpointed segments of the accelerated run (the baseline runs without);
+    /// default: one per hardware layer, whose recomputation then never runs a
+    /// bit-accurate kernel.
+    #[arg(long)]
+    segments: Option<usize>,
     /// Images per batch.
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -227,11 +230,12 @@ fn bench(args: &Args, hw: &HwMap, train_set: &Dataset, test_set: &Dataset) -> Re
     })
 }
 
-/// The schedule and checkpointed segments of run `label`.
-fn plan(args: &Args, label: &str) -> Result<(Phases, usize)> {
+/// The schedule and checkpointed segments of run `label` on a model with
+/// `hw_layers` hardware layers.
+fn plan(args: &Args, label: &str, hw_layers: usize) -> Result<(Phases, usize)> {
     Ok(match label {
         "baseline" => (Phases::single(ExecMode::Accurate), 0),
-        "accelerated" => (args.schedule.clone(), args.segments),
+        "accelerated" => (args.schedule.clone(), args.segments.unwrap_or(hw_layers)),
         "float" => (Phases::single(ExecMode::Float), 0),
         other => bail!("unknown run `{other}`: expected baseline, accelerated or float"),
     })
@@ -246,9 +250,9 @@ fn measure(
     test_set: &Dataset,
     hw: &HwMap,
 ) -> Result<RunRecord> {
-    let (phases, segments) = plan(args, label)?;
     let started = Instant::now();
     let mut model = build(args, Some(start), train_set, hw, ExecMode::Float)?;
+    let (phases, segments) = plan(args, label, model.hw_layers().len())?;
     model.set_checkpoint_segments(segments);
     let cfg = train_config(
         (args.batch, args.seed, None),
