@@ -191,7 +191,8 @@ def summary(facts):
         f"Medians over the rows of the per-epoch times below: a bit-accurate (`accurate`) "
         f"epoch costs {accurate_vs_float:.2f}x a float epoch. Gradient checkpointing makes "
         f"an `accurate` epoch {checkpointed:.2f}x slower (one more forward of every block, "
-        f"bit-accurate kernels included). At equal checkpointing an `inject` epoch costs "
+        f"each block's last hardware layer recomputed as its surrogate alone, without the "
+        f"bit-accurate kernel). At equal checkpointing an `inject` epoch costs "
         f"{inject_vs_accurate:.2f}x an `accurate` one ({inject_vs_float:.2f}x a float epoch).",
         "",
         "The paper's speed-up comes from replacing the bit-level simulation, which in REX-SC's "
@@ -199,14 +200,16 @@ def summary(facts):
         "epochs. Here the bit-accurate kernels are themselves fast (bit-packed SC streams at "
         "about 1-2x candle's f32 conv; see the README's kernel tables), and both modes pay for "
         "the surrogate's forward and backward (for SC two polarity sums and the OR-n function "
-        "per output). What `inject` saves is the bit-accurate kernel, and it spends most of that "
-        "on generating the injected error: a Gaussian draw and two degree-5 polynomials per "
-        "output and polarity. Checkpointing and the periodic calibration (a bit-accurate "
-        "forward of half a batch) then cost more than the injection saves, so the accelerated "
-        "schedule is slower than the baseline here, and with fewer bit-accurate epochs to adapt "
-        "to the real hardware it also ends lower. On this toolkit the fast way to fine-tune is "
-        "the baseline, bit-accurate every step; cheaper noise (f32, vectorised) and no "
-        "checkpointing for models whose activations fit are what would make `inject` pay.",
+        "per output), which is most of a step on these small inputs. What `inject` saves is "
+        "the bit-accurate kernel; the injected error itself (vectorised f32 Gaussians and two "
+        "degree-5 polynomials per output) now costs little. The accelerated schedule also pays "
+        "for checkpointing: its recomputation (a surrogate forward of every block and a nested "
+        "backward, no bit-accurate kernel) costs about what the injection saves, so it runs at "
+        "about the baseline's speed, and with half the bit-accurate epochs to adapt to the real "
+        "hardware it ends lower on most SC rows of these short runs (2 epochs on 2,500 images). "
+        "On this toolkit the fast way to fine-tune a small model is the baseline, bit-accurate "
+        "every step; `inject` pays without checkpointing and where the bit-accurate kernel is "
+        "the larger part of a step (bigger maps, 64-cycle streams).",
         "",
     ])
 

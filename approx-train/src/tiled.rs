@@ -111,9 +111,10 @@ impl Tiles {
         }
     }
 
-    /// Unfolds `images` of `input` into `col` (fan-in-major, `fan_in x len`) and
-    /// calls `f(t, s, scale)` for each tile with its sums `s` (`O x len`) and
-    /// per-pixel `scale` (`α_t·ω_t`, 0 where the tile sees only zeros).
+    /// Unfolds `images` of `input` (fan-in-major, `fan_in x len`) and calls `f(t, s,
+    /// scale, col_t)` for each tile `t` with its sums `s` (`O x len`), per-pixel
+    /// `scale` (`α_t·ω_t`, 0 where the tile sees only zeros) and its rows of the
+    /// unfolded input `col_t` (`rows x len`).
     fn each_tile(
         &self,
         input: &[f32],
