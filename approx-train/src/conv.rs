@@ -78,7 +78,7 @@ pub(crate) fn gemm_rm(
 
 /// Image groups whose weight gradients are summed separately (fixed, so that results
 /// do not depend on the thread count).
-const WEIGHT_GRAD_GROUPS: usize = 8;
+pub(crate) const WEIGHT_GRAD_GROUPS: usize = 8;
 
 fn forward(geo: &ConvGeometry, input: &[f32], weight: &[f32]) -> Vec<f32> {
     let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());

@@ -11,8 +11,6 @@
 //! draws its noise from its own stream of the injection's seed, so the bits do not
 //! depend on the number of threads.
 
-use std::borrow::Cow;
-
 use approx_hw::rng::fill_standard_normal;
 use approx_hw::ErrorModel;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -193,7 +191,7 @@ impl CustomOp1 for SplitPolarity {
         let op = "the split surrogate's backward";
         let (half, _) = split_shape(arg.shape())?;
         let (s, g) = (read_f32(arg), read_f32(grad));
-        let (s, g): (Cow<[f32]>, Cow<[f32]>) = (s.values(op)?, g.values(op)?);
+        let (s, g) = (s.values(op)?, g.values(op)?);
         let mut d = vec![0f32; s.len()];
         if half > 0 {
             d.par_chunks_mut(2 * half)

@@ -16,16 +16,12 @@ use approx_hw::{ConvGeometry, ErrorModel, Layer};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::conv::gemm_rm;
+use crate::conv::{gemm_rm, WEIGHT_GRAD_GROUPS};
 use crate::storage::{f32_values, read_f32};
 
 /// Images per work unit when an image has a single output pixel (linear layers), so
 /// that each tile's GEMM has enough columns.
 const IMAGES_PER_PIXEL_CHUNK: usize = 256;
-
-/// Image groups whose weight gradients are summed separately, then in order (fixed,
-/// so that results do not depend on the thread count).
-const WEIGHT_GRAD_GROUPS: usize = 8;
 
 /// `Σ_t scale_t · model(s_t / scale_t)` over tiles of `rows` fan-in rows of `layer`
 /// (conv2d: NCHW input, OIHW weight; linear: `[N, K]`, `[O, K]`), with gradients for
@@ -257,19 +253,12 @@ impl CustomOp2 for TiledSurrogate {
         let units = chunks(geo.batch, tiles.chunk_images());
         let per_group = units.len().div_ceil(WEIGHT_GRAD_GROUPS).max(1);
         let mut dx = vec![0f32; geo.batch * image_len];
-        // Each group: its units' input gradients (disjoint images) and its own
-        // weight-gradient sum, in unit order.
-        let mut dx_groups: Vec<&mut [f32]> = Vec::new();
-        let mut rest = dx.as_mut_slice();
-        for group in units.chunks(per_group) {
-            let images = group.last().map_or(0, |u| u.end) - group[0].start;
-            let (head, tail) = rest.split_at_mut(images * image_len);
-            dx_groups.push(head);
-            rest = tail;
-        }
+        // Each group: its units' input gradients (disjoint images; every group but the
+        // last is full) and its own weight-gradient sum, in unit order.
+        let group_len = per_group * tiles.chunk_images() * image_len;
         let dw_groups: Vec<Vec<f32>> = units
             .par_chunks(per_group)
-            .zip(dx_groups.into_par_iter())
+            .zip(dx.par_chunks_mut(group_len))
             .map(|(group, dx)| {
                 let mut buf = Buffers::new(&tiles);
                 let mut dw = vec![0f32; out_ch * fan_in];
