@@ -29,6 +29,7 @@ pub mod mult;
 pub mod rng;
 mod round;
 pub mod sc;
+pub mod simd;
 pub mod spec;
 pub mod workload;
 

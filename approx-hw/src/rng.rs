@@ -1,6 +1,8 @@
 //! Seed mixing and Gaussian noise shared by the generators of every hardware kind and
 //! by training's error injection.
 
+use crate::simd::with_avx2;
+
 /// splitmix64's finaliser: a bijective 64-bit mixer, used to derive independent keys
 /// from (seed, index) pairs.
 #[inline]
@@ -46,16 +48,10 @@ fn normal_block(bits: &[u32; NORMAL_BLOCK], out: &mut [f32]) {
         }
         out.copy_from_slice(&z[..out.len()]);
     }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn avx2(bits: &[u32; NORMAL_BLOCK], out: &mut [f32]) {
-            run(bits, out)
-        }
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2(bits, out) };
-    }
-    run(bits, out)
+    with_avx2(
+        #[inline(always)]
+        || run(bits, out),
+    )
 }
 
 /// The Box–Muller pair of the uniforms in the top 24 bits of `a` (`u₁ ∈ (0, 1]`) and

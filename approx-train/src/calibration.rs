@@ -148,6 +148,109 @@ impl Calibration {
     }
 }
 
+/// A [`Calibration`] prepared for the surrogate's hot loops: both polynomials
+/// re-expanded in `t = (x − centre) / half-width`, which spans `[−1, 1]` over the fitted
+/// range, so that f32 Horner steps on 8-lane vectors stay accurate. (In `x` itself a
+/// fit on a narrow range such as `[0.93, 0.99]` has coefficients in the thousands
+/// that cancel to a few hundredths: f64 work, and scalar.) Same clamping as
+/// [`Calibration::bias`], [`Calibration::std`] and [`Calibration::bias_derivative`];
+/// agrees with them within a few f32 ulps of the polynomials' scale.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ErrorPolynomials {
+    lo: f32,
+    hi: f32,
+    centre: f32,
+    inv_half_width: f32,
+    bias: [f32; DEGREE + 1],
+    std: [f32; DEGREE + 1],
+    /// `d bias / dx` in the same `t`: `(k + 1)·b_(k+1) / half-width`.
+    slope: [f32; DEGREE],
+    has_std: bool,
+}
+
+/// The coefficients of `p(centre + h·t)` in powers of `t` (a Taylor shift, in f64).
+fn rebase(c: &[f64; DEGREE + 1], centre: f64, h: f64) -> [f64; DEGREE + 1] {
+    let mut binomial = [[0.0; DEGREE + 1]; DEGREE + 1];
+    for k in 0..=DEGREE {
+        binomial[k][0] = 1.0;
+        for j in 1..=k {
+            binomial[k][j] = binomial[k - 1][j - 1] + if j < k { binomial[k - 1][j] } else { 0.0 };
+        }
+    }
+    std::array::from_fn(|j| {
+        let inner: f64 = (j..=DEGREE)
+            .map(|k| c[k] * binomial[k][j] * centre.powi((k - j) as i32))
+            .sum();
+        inner * h.powi(j as i32)
+    })
+}
+
+#[inline(always)]
+fn horner(c: &[f32], t: f32) -> f32 {
+    c.iter().rev().fold(0.0, |acc, &k| acc * t + k)
+}
+
+impl ErrorPolynomials {
+    /// Prepares `cal`; an empty range (old calibrations) clamps nothing.
+    pub(crate) fn new(cal: &Calibration) -> Self {
+        let [lo, hi] = cal.range;
+        let (lo, hi, centre, h) = if lo < hi {
+            (lo as f32, hi as f32, (lo + hi) / 2.0, (hi - lo) / 2.0)
+        } else {
+            (f32::NEG_INFINITY, f32::INFINITY, 0.0, 1.0)
+        };
+        let to_f32 = |c: [f64; DEGREE + 1]| c.map(|v| v as f32);
+        let bias = rebase(&cal.bias, centre, h);
+        Self {
+            lo,
+            hi,
+            centre: centre as f32,
+            inv_half_width: (1.0 / h) as f32,
+            bias: to_f32(bias),
+            std: to_f32(rebase(&cal.std, centre, h)),
+            slope: std::array::from_fn(|k| ((k + 1) as f64 * bias[k + 1] / h) as f32),
+            has_std: cal.std != [0.0; DEGREE + 1],
+        }
+    }
+
+    /// Whether the std polynomial is not zero (there is noise to draw).
+    pub(crate) fn has_std(&self) -> bool {
+        self.has_std
+    }
+
+    #[inline(always)]
+    fn t(&self, x: f32) -> f32 {
+        (x.max(self.lo).min(self.hi) - self.centre) * self.inv_half_width
+    }
+
+    /// `x ← x + bias(x)` for every element.
+    #[inline(always)]
+    pub(crate) fn add_bias(&self, x: &mut [f32]) {
+        for x in x {
+            *x += horner(&self.bias, self.t(*x));
+        }
+    }
+
+    /// `x ← x + bias(x) + std(x)·ε` for every element, with `eps` the draws ε.
+    #[inline(always)]
+    pub(crate) fn inject(&self, x: &mut [f32], eps: &[f32]) {
+        for (x, &e) in x.iter_mut().zip(eps) {
+            let t = self.t(*x);
+            let std = horner(&self.std, t).max(0.0);
+            *x += horner(&self.bias, t) + std * e;
+        }
+    }
+
+    /// `1 + bias′(x)`, the injected output's slope in the approximation's `x`
+    /// (`1` outside the fitted range, where the bias is held constant).
+    #[inline(always)]
+    pub(crate) fn slope(&self, x: f32) -> f32 {
+        let inside = (x >= self.lo) & (x <= self.hi);
+        let d = horner(&self.slope, (x - self.centre) * self.inv_half_width);
+        1.0 + if inside { d } else { 0.0 }
+    }
+}
+
 /// The degree-5 polynomial closest to the points `(x, y)` in least squares, by
 /// Householder QR of the Vandermonde matrix (stable where the normal equations are
 /// not). Needs more than `DEGREE` points.
@@ -223,6 +326,72 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
     use rand_distr::StandardNormal;
+
+    /// The f32 kernel agrees with the f64 polynomials, inside the fitted range and
+    /// clamped outside it, also for a fit on a narrow range whose coefficients in `x`
+    /// are large and cancel.
+    #[test]
+    fn f32_polynomials_match_the_f64_ones() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        // Residuals with a smooth mean and spread on [0.93, 0.99], as the saturated
+        // OR-1 outputs of a wide linear layer give.
+        let approx: Vec<f32> = (0..50_000)
+            .map(|_| rng.random_range(0.93..0.99f32))
+            .collect();
+        let bit: Vec<f32> = approx
+            .iter()
+            .map(|&x| {
+                let e: f64 = rng.sample(StandardNormal);
+                let x = f64::from(x);
+                (x - 0.04 + 3.0 * (x - 0.95).powi(2) + (0.02 + 0.1 * (x - 0.93)) * e) as f32
+            })
+            .collect();
+        let narrow = Calibration::fit(&approx, &bit, Binning::Range);
+        assert!(narrow.bias.iter().any(|c| c.abs() > 100.0), "{narrow:?}");
+        let wide = Calibration {
+            bias: [0.01, -0.03, 0.02, -0.004, 0.0, 0.001],
+            std: [0.05, 0.01, 0.0, 0.0, 0.0, 0.0],
+            range: [0.0, 3.0],
+        };
+        let unclamped = Calibration {
+            range: [0.0, 0.0],
+            ..wide
+        };
+        for cal in [narrow, wide, unclamped] {
+            let p = ErrorPolynomials::new(&cal);
+            let [lo, hi] = cal.range;
+            let span = if lo < hi { hi - lo } else { 3.0 };
+            let xs: Vec<f32> = (0..=400)
+                .map(|i| (lo - 0.5 * span + 2.0 * span * f64::from(i) / 400.0) as f32)
+                .collect();
+            let eps: Vec<f32> = xs.iter().map(|_| rng.sample(StandardNormal)).collect();
+            let mut biased = xs.clone();
+            p.add_bias(&mut biased);
+            let mut injected = xs.clone();
+            p.inject(&mut injected, &eps);
+            let scale = cal.bias.iter().map(|c| c.abs()).fold(1.0f64, f64::max);
+            for (i, &x) in xs.iter().enumerate() {
+                let x64 = f64::from(x);
+                let want = x64 + cal.bias(x64);
+                let tol = 1e-6 * (scale.min(10.0) + x64.abs());
+                assert!(
+                    (f64::from(biased[i]) - want).abs() < tol,
+                    "{cal:?} bias at {x}"
+                );
+                let want = want + cal.std(x64) * f64::from(eps[i]);
+                assert!(
+                    (f64::from(injected[i]) - want).abs() < tol,
+                    "{cal:?} inject at {x}"
+                );
+                let want = 1.0 + cal.bias_derivative(x64);
+                assert!(
+                    (f64::from(p.slope(x)) - want).abs() < 1e-4 * want.abs().max(1.0),
+                    "{cal:?} slope at {x}: {} vs {want}",
+                    p.slope(x)
+                );
+            }
+        }
+    }
 
     #[test]
     fn least_squares_recovers_an_exact_polynomial() {

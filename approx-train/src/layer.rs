@@ -11,7 +11,8 @@ use candle_core::{Result, Tensor, Var};
 
 use crate::calibration::{Binning, Calibration, DEGREE};
 use crate::mode::ExecMode;
-use crate::ste::{straight_through, Quantizer, StreamQuantizer};
+use crate::polarity::split_polarities;
+use crate::ste::{straight_through, OperandQuantizer, Quantize, Quantizer, StreamQuantizer};
 use crate::surrogate::{Injection, Surrogate};
 use crate::tiled::tiled_surrogate;
 
@@ -223,12 +224,16 @@ impl HwLayer {
         if mode == ExecMode::Float {
             return Ok((x.clone(), w));
         }
-        let q = Quantizer {
-            bits: SC_QUANT_BITS,
+        let quantizer = |signed| OperandQuantizer {
+            grid: Quantizer {
+                bits: SC_QUANT_BITS,
+            },
+            stream: StreamQuantizer {
+                len: spec.stream_len() as u32,
+                signed,
+            },
         };
-        let len = spec.stream_len() as u32;
-        let stream = |t: &Tensor, signed: bool| StreamQuantizer { len, signed }.apply(&q.apply(t)?);
-        Ok((stream(x, false)?, stream(&w, true)?))
+        Ok((quantizer(false).apply(x)?, quantizer(true).apply(&w)?))
     }
 
     /// The exact layer (no bias): the fast im2col + GEMM conv, or a matmul.
@@ -281,8 +286,7 @@ impl HwLayer {
                 // Both polarities in one conv (the positive and negative weight parts
                 // stacked as output channels), so the input is unfolded once, and one
                 // op for the surrogate of both and their difference.
-                let both = Tensor::cat(&[w.relu()?, w.neg()?.relu()?], 0)?;
-                let sums = self.exact(x, &both)?;
+                let sums = self.exact(x, &split_polarities(w)?)?;
                 if per_polarity {
                     return Surrogate {
                         model,

@@ -36,6 +36,7 @@ pub mod layer;
 pub mod mode;
 pub mod model;
 pub mod optim;
+pub mod polarity;
 pub mod recompute;
 pub mod schedule;
 pub mod ste;

@@ -1,9 +1,25 @@
 //! Straight-through ops: a value computed one way, a gradient taken from another.
 
-use candle_core::backend::BackendStorage;
+use approx_hw::simd::with_avx2;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::storage::f32_values;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+
+/// An elementwise quantizer, applied as a straight-through op: its values forward,
+/// the identity gradient backward.
+pub trait Quantize: Copy + Send + Sync + 'static {
+    /// The op's name in candle's graph.
+    const NAME: &'static str;
+
+    /// The quantized value of `v`.
+    fn value(self, v: f32) -> f32;
+
+    /// Quantizes `x` (f32), passing gradients straight through.
+    fn apply(self, x: &Tensor) -> Result<Tensor> {
+        x.apply_op1(StraightThroughMap(self))
+    }
+}
 
 /// REX-SC's activation and weight quantizer (`specs/sc-rexsc.md` §1.2 step A):
 /// `clamp(round_half_even(x·2^p), −(2^p − 1), 2^p − 1) / 2^p`, identity gradient.
@@ -13,34 +29,13 @@ pub struct Quantizer {
     pub bits: u32,
 }
 
-impl Quantizer {
-    /// Quantizes `x` (f32), passing gradients straight through.
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        x.apply_op1(self)
-    }
-}
+impl Quantize for Quantizer {
+    const NAME: &'static str = "ste-quantize";
 
-impl CustomOp1 for Quantizer {
-    fn name(&self) -> &'static str {
-        "ste-quantize"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            return Err(candle_core::Error::Msg(format!(
-                "quantize takes f32, got {:?}",
-                storage.dtype()
-            )));
-        };
+    #[inline(always)]
+    fn value(self, v: f32) -> f32 {
         let q = (1u32 << self.bits) as f32;
-        let out = candle_core::cpu_backend::unary_map(data, layout, |v| {
-            (v * q).round_ties_even().clamp(1.0 - q, q - 1.0) / q
-        });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.clone()))
+        (v * q).round_ties_even().clamp(1.0 - q, q - 1.0) / q
     }
 }
 
@@ -57,32 +52,70 @@ pub struct StreamQuantizer {
     pub signed: bool,
 }
 
-impl StreamQuantizer {
-    /// Quantizes `x` (f32), passing gradients straight through.
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        x.apply_op1(self)
+impl Quantize for StreamQuantizer {
+    const NAME: &'static str = "ste-stream-quantize";
+
+    #[inline(always)]
+    fn value(self, v: f32) -> f32 {
+        let b = self.len as f32;
+        let level = |m: f32| (m * b).clamp(0.0, b - 1.0).ceil() / b;
+        if self.signed {
+            level(v.abs()).copysign(v)
+        } else {
+            level(v)
+        }
     }
 }
 
-impl CustomOp1 for StreamQuantizer {
+/// An SC layer's whole operand chain, the grid of [`Quantizer`] then
+/// [`StreamQuantizer`], as one op: the same values as applying the two in turn, with
+/// one tensor in the graph instead of two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OperandQuantizer {
+    /// REX-SC's grid (§1.2 step A).
+    pub grid: Quantizer,
+    /// The stream levels (§1.2 step C).
+    pub stream: StreamQuantizer,
+}
+
+impl Quantize for OperandQuantizer {
+    const NAME: &'static str = "ste-operand-quantize";
+
+    #[inline(always)]
+    fn value(self, v: f32) -> f32 {
+        self.stream.value(self.grid.value(v))
+    }
+}
+
+/// Elements per parallel work unit of the quantizers.
+const CHUNK: usize = 1 << 14;
+
+/// The straight-through op of a [`Quantize`].
+#[derive(Debug, Clone, Copy)]
+struct StraightThroughMap<Q>(Q);
+
+impl<Q: Quantize> CustomOp1 for StraightThroughMap<Q> {
     fn name(&self) -> &'static str {
-        "ste-stream-quantize"
+        Q::NAME
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            return Err(candle_core::Error::Msg(format!(
-                "stream quantize takes f32, got {:?}",
-                storage.dtype()
-            )));
-        };
-        let b = self.len as f32;
-        let level = move |m: f32| (m * b).clamp(0.0, b - 1.0).ceil() / b;
-        let out = if self.signed {
-            candle_core::cpu_backend::unary_map(data, layout, |v| level(v.abs()).copysign(v))
-        } else {
-            candle_core::cpu_backend::unary_map(data, layout, level)
-        };
+        let data = f32_values(storage, layout, Q::NAME)?;
+        let q = self.0;
+        let mut out = vec![0f32; data.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(data.par_chunks(CHUNK))
+            .for_each(|(out, data)| {
+                // AVX2 brings SSE4.1's rounding instructions: no libm call per value.
+                with_avx2(
+                    #[inline(always)]
+                    || {
+                        for (o, &v) in out.iter_mut().zip(data) {
+                            *o = q.value(v);
+                        }
+                    },
+                )
+            });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 

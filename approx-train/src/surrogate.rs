@@ -12,13 +12,14 @@
 //! depend on the number of threads.
 
 use approx_hw::rng::fill_standard_normal;
+use approx_hw::simd::with_avx2;
 use approx_hw::ErrorModel;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::calibration::{Calibration, DEGREE};
+use crate::calibration::{Calibration, ErrorPolynomials};
 use crate::storage::{f32_values, read_f32};
 
 /// Elements per parallel work unit (and per noise stream) of the surrogate.
@@ -65,42 +66,50 @@ impl Surrogate {
         let Some(inj) = self.injection else {
             return;
         };
-        let cal = inj.calibration;
-        if cal.std == [0.0; DEGREE + 1] {
+        let polynomials = ErrorPolynomials::new(&inj.calibration);
+        if !polynomials.has_std() {
             // Only the bias: no noise to draw.
-            out.iter_mut().for_each(|o| {
-                let x = f64::from(*o);
-                *o = (x + cal.bias(x)) as f32;
-            });
-            return;
+            return with_avx2(
+                #[inline(always)]
+                || polynomials.add_bias(out),
+            );
         }
         let mut rng = ChaCha8Rng::seed_from_u64(inj.seed);
         rng.set_stream(stream);
         let mut eps = vec![0f32; out.len()];
         fill_standard_normal(&mut rng, &mut eps);
-        for (o, &e) in out.iter_mut().zip(&eps) {
-            let x = f64::from(*o);
-            *o = (x + cal.bias(x) + cal.std(x) * f64::from(e)) as f32;
-        }
+        with_avx2(
+            #[inline(always)]
+            || polynomials.inject(out, &eps),
+        );
     }
 
     /// The gradient of one chunk: `d = sign · g · (1 + bias′(x)) · model′(s)`.
-    fn backward_chunk(&self, s: &[f32], g: &[f32], sign: f64, d: &mut [f32]) {
+    fn backward_chunk(&self, s: &[f32], g: &[f32], sign: f32, d: &mut [f32]) {
         match self.injection {
             None => {
                 self.model.evaluate(s, None, Some(&mut *d));
-                for (d, &g) in d.iter_mut().zip(g) {
-                    *d = (sign * f64::from(g) * f64::from(*d)) as f32;
-                }
+                with_avx2(
+                    #[inline(always)]
+                    || {
+                        for (d, &g) in d.iter_mut().zip(g) {
+                            *d *= sign * g;
+                        }
+                    },
+                );
             }
             Some(inj) => {
                 let mut x = vec![0f32; s.len()];
                 self.model.evaluate(s, Some(&mut x), Some(&mut *d));
-                let cal = inj.calibration;
-                for ((d, &g), &x) in d.iter_mut().zip(g).zip(&x) {
-                    let slope = 1.0 + cal.bias_derivative(f64::from(x));
-                    *d = (sign * f64::from(g) * slope * f64::from(*d)) as f32;
-                }
+                let polynomials = ErrorPolynomials::new(&inj.calibration);
+                with_avx2(
+                    #[inline(always)]
+                    || {
+                        for ((d, &g), &x) in d.iter_mut().zip(g).zip(&x) {
+                            *d *= sign * g * polynomials.slope(x);
+                        }
+                    },
+                );
             }
         }
     }

@@ -6,6 +6,7 @@ use approx_hw::{Conv2dParams, HwSpec, Layer};
 use approx_train::calibration::Calibration;
 use approx_train::layer::HwLayer;
 use approx_train::mode::ExecMode;
+use approx_train::ste::Quantize;
 use approx_train::surrogate::{Injection, Surrogate};
 use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};

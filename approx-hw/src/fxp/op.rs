@@ -6,6 +6,7 @@ use rayon::prelude::*;
 use super::spec::FxpSpec;
 use crate::im2col::{im2col, scatter_outputs};
 use crate::layer::{DenseKernel, Layer};
+use crate::simd::with_avx2;
 use crate::{ConvGeometry, Result};
 
 /// The saturating accumulator of REX-SC's fixed-point baseline, for `p` operand bits
@@ -63,25 +64,14 @@ fn code(v: f32, q: f32, lo: f32, hi: f32) -> i32 {
 /// AVX2 instruction set when the CPU has it (the same integer ops either way; the
 /// baseline x86-64 target has no vector i32 min).
 fn accumulate(acc: &Accumulator, sums: &mut [i32], a: &[i32], w: i32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 support was just checked.
-        return unsafe { accumulate_avx2(acc, sums, a, w) };
-    }
-    accumulate_body(acc, sums, a, w);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn accumulate_avx2(acc: &Accumulator, sums: &mut [i32], a: &[i32], w: i32) {
-    accumulate_body(acc, sums, a, w);
-}
-
-#[inline(always)]
-fn accumulate_body(acc: &Accumulator, sums: &mut [i32], a: &[i32], w: i32) {
-    for (s, &x) in sums.iter_mut().zip(a) {
-        *s = saturating_add(acc, *s, x * w);
-    }
+    with_avx2(
+        #[inline(always)]
+        || {
+            for (s, &x) in sums.iter_mut().zip(a) {
+                *s = saturating_add(acc, *s, x * w);
+            }
+        },
+    );
 }
 
 /// Output pixels per work item.

@@ -13,6 +13,8 @@
 //! For s ≤ 0 (outside the split-unipolar domain) `f_n` continues linearly: `f_n(s) = s`,
 //! `f_n′(s) = 1`, the function's value and slope at 0.
 
+use crate::simd::with_avx2;
+
 /// Below this `s`, [`or_n`] uses its tail series (the closed form would cancel).
 const SMALL_S: f64 = 1e-3;
 
@@ -153,16 +155,10 @@ pub fn or_n_slices(n: u32, s: &[f32], value: Option<&mut [f32]>, derivative: Opt
     for out in [&value, &derivative].into_iter().flatten() {
         assert_eq!(out.len(), s.len(), "OR-n output length");
     }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn avx2(n: u32, s: &[f32], value: Option<&mut [f32]>, derivative: Option<&mut [f32]>) {
-            blocks(n, s, value, derivative)
-        }
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { avx2(n, s, value, derivative) };
-    }
-    blocks(n, s, value, derivative)
+    with_avx2(
+        #[inline(always)]
+        || blocks(n, s, value, derivative),
+    )
 }
 
 /// [`or_n_slices`]' body, inlined into each instruction-set variant, over blocks of
