@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::data::DataArgs;
 use super::finetune::{train_config, STOP};
+use super::finetune_args::FinetuneArgs;
 use super::model_args::ModelArgs;
 use crate::progress::TrainProgress;
 
@@ -34,29 +35,13 @@ pub struct Args {
     model: ModelArgs,
     #[command(flatten)]
     data: DataArgs,
-    /// Fine-tuning epochs of each run.
-    #[arg(long, default_value_t = 3)]
-    epochs: usize,
-    /// Float pretraining epochs when no --weights are given (not timed).
-    #[arg(long, default_value_t = 4)]
-    pretrain_epochs: usize,
-    /// The accelerated schedule (the baseline is `accurate:1`, the float run `float:1`).
-    #[arg(long, default_value = "inject:2,accurate:1")]
-    schedule: Phases,
+    #[command(flatten)]
+    train: FinetuneArgs,
     /// Checkpointed segments of the accelerated run (the baseline runs without);
     /// default: one per hardware layer, whose recomputation then never runs a
     /// bit-accurate kernel.
     #[arg(long)]
     segments: Option<usize>,
-    /// Images per batch.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    /// Learning rate of fine-tuning.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// Seed of every run.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Folder for the pretrained weights and the runs' checkpoints.
     #[arg(long, default_value = "approx-bench")]
     out: PathBuf,
@@ -122,11 +107,12 @@ struct Record {
 
 /// Runs `approx bench train`.
 pub fn run(args: Args) -> Result<()> {
-    if args.batch == 0 || args.epochs == 0 {
+    if args.train.batch == 0 || args.train.epochs == 0 {
         bail!("--batch and --epochs must be at least 1");
     }
-    args.schedule
-        .epochs(args.epochs)
+    args.train
+        .schedule
+        .epochs(args.train.epochs)
         .map_err(anyhow::Error::msg)
         .context("bad --schedule")?;
     let hw = args.model.hw_map()?;
@@ -189,10 +175,10 @@ fn bench(args: &Args, hw: &HwMap, train_set: &Dataset, test_set: &Dataset) -> Re
             let path = args.out.join("pretrained.safetensors");
             let model = build(args, None, train_set, hw, ExecMode::Float)?;
             let cfg = train_config(
-                (args.batch, args.seed, None),
-                args.pretrain_epochs,
+                (args.train.batch, args.train.seed, None),
+                args.train.pretrain_epochs,
                 Phases::single(ExecMode::Float),
-                3e-3,
+                args.train.pretrain_lr,
                 args.out.join("pretrain-checkpoint.safetensors"),
             );
             let mut bars = TrainProgress::new("pretrain");
@@ -205,8 +191,8 @@ fn bench(args: &Args, hw: &HwMap, train_set: &Dataset, test_set: &Dataset) -> Re
     };
     let model = build(args, Some(&start), train_set, hw, ExecMode::Float)?;
     let start_record = StartRecord {
-        float_accuracy: evaluate(&model, test_set, ExecMode::Float, args.batch)?,
-        hw_accuracy: evaluate(&model, test_set, ExecMode::Accurate, args.batch)?,
+        float_accuracy: evaluate(&model, test_set, ExecMode::Float, args.train.batch)?,
+        hw_accuracy: evaluate(&model, test_set, ExecMode::Accurate, args.train.batch)?,
     };
     drop(model);
     let baseline = in_child(args, &start, "baseline")?;
@@ -218,9 +204,9 @@ fn bench(args: &Args, hw: &HwMap, train_set: &Dataset, test_set: &Dataset) -> Re
         data: args.data.data.to_string(),
         train_images: train_set.len(),
         test_images: test_set.len(),
-        epochs: args.epochs,
-        batch: args.batch,
-        seed: args.seed,
+        epochs: args.train.epochs,
+        batch: args.train.batch,
+        seed: args.train.seed,
         start: start_record,
         speedup: baseline.wall_seconds / accelerated.wall_seconds,
         overhead_vs_float: accelerated.wall_seconds / float.wall_seconds,
@@ -235,7 +221,10 @@ fn bench(args: &Args, hw: &HwMap, train_set: &Dataset, test_set: &Dataset) -> Re
 fn plan(args: &Args, label: &str, hw_layers: usize) -> Result<(Phases, usize)> {
     Ok(match label {
         "baseline" => (Phases::single(ExecMode::Accurate), 0),
-        "accelerated" => (args.schedule.clone(), args.segments.unwrap_or(hw_layers)),
+        "accelerated" => (
+            args.train.schedule.clone(),
+            args.segments.unwrap_or(hw_layers),
+        ),
         "float" => (Phases::single(ExecMode::Float), 0),
         other => bail!("unknown run `{other}`: expected baseline, accelerated or float"),
     })
@@ -255,10 +244,10 @@ fn measure(
     let (phases, segments) = plan(args, label, model.hw_layers().len())?;
     model.set_checkpoint_segments(segments);
     let cfg = train_config(
-        (args.batch, args.seed, None),
-        args.epochs,
+        (args.train.batch, args.train.seed, None),
+        args.train.epochs,
         phases.clone(),
-        args.lr,
+        args.train.lr,
         args.out.join(format!("{label}-checkpoint.safetensors")),
     );
     let mut bars = TrainProgress::new("run");
@@ -266,10 +255,10 @@ fn measure(
         bars.on_event(e)
     })?;
     let hw_accuracy = (label != "float")
-        .then(|| evaluate(&model, test_set, ExecMode::Accurate, args.batch))
+        .then(|| evaluate(&model, test_set, ExecMode::Accurate, args.train.batch))
         .transpose()?;
     let wall_seconds = started.elapsed().as_secs_f64();
-    let float_accuracy = evaluate(&model, test_set, ExecMode::Float, args.batch)?;
+    let float_accuracy = evaluate(&model, test_set, ExecMode::Float, args.train.batch)?;
     Ok(RunRecord {
         schedule: phases.to_string(),
         checkpoint_segments: segments,
@@ -327,5 +316,5 @@ fn build(
     let mut model_args = args.model.clone();
     model_args.weights = weights.map(|p| p.to_string_lossy().into_owned());
     model_args.checkpoint_segments = 0;
-    model_args.build(data.shape, data.classes, hw, mode, args.seed)
+    model_args.build(data.shape, data.classes, hw, mode, args.train.seed)
 }

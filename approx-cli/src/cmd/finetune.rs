@@ -18,6 +18,7 @@ use approx_train::trainer::{on_large_stack, train, EpochRecord, TrainConfig};
 use serde::Serialize;
 
 use super::data::DataArgs;
+use super::finetune_args::FinetuneArgs;
 use super::model_args::ModelArgs;
 use crate::plot::{self, Curves, LayerProfile};
 use crate::progress::{evaluate, TrainProgress};
@@ -36,28 +37,8 @@ pub struct Args {
     model: ModelArgs,
     #[command(flatten)]
     data: DataArgs,
-    /// Fine-tuning epochs.
-    #[arg(long, default_value_t = 3)]
-    epochs: usize,
-    /// Float pretraining epochs when no --weights are given.
-    #[arg(long, default_value_t = 4)]
-    pretrain_epochs: usize,
-    /// Fine-tuning phases: MODE:FRACTION or MODE:EPOCHS, e.g. `inject:0.8,accurate:0.2`
-    /// (the accelerated schedule) or `accurate:1` (the baseline).
-    #[arg(long, default_value = "inject:2,accurate:1")]
-    schedule: Phases,
-    /// Images per batch.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    /// Learning rate of pretraining (Adam).
-    #[arg(long, default_value_t = 3e-3)]
-    pretrain_lr: f64,
-    /// Learning rate of fine-tuning (Adam, cosine decay).
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// Seed of initialisation, data order, augmentation and noise.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    train: FinetuneArgs,
     /// Stop each training run after this many steps (for smoke tests).
     #[arg(long)]
     max_steps: Option<u64>,
@@ -94,11 +75,12 @@ struct Report {
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let hw = args.model.hw_map()?;
-    args.schedule
-        .epochs(args.epochs)
+    args.train
+        .schedule
+        .epochs(args.train.epochs)
         .map_err(anyhow::Error::msg)
         .context("bad --schedule")?;
-    if args.batch == 0 {
+    if args.train.batch == 0 {
         bail!("--batch must be at least 1");
     }
     std::fs::create_dir_all(&args.out)
@@ -138,7 +120,7 @@ fn job(
         train_set.classes,
         hw,
         ExecMode::Float,
-        args.seed,
+        args.train.seed,
     )?;
     let mut pretrain_history = Vec::new();
     let pretrained_path = args.out.join("pretrained.safetensors");
@@ -160,10 +142,10 @@ fn job(
             );
         } else {
             let cfg = train_config(
-                (args.batch, args.seed, args.max_steps),
-                args.pretrain_epochs,
+                (args.train.batch, args.train.seed, args.max_steps),
+                args.train.pretrain_epochs,
                 Phases::single(ExecMode::Float),
-                args.pretrain_lr,
+                args.train.pretrain_lr,
                 args.out.join("pretrain-checkpoint.safetensors"),
             );
             let mut pretrain_bars = TrainProgress::new("pretrain");
@@ -187,13 +169,13 @@ fn job(
             )?;
         }
     }
-    let float_accuracy = evaluate("float", &model, test_set, ExecMode::Float, args.batch)?;
+    let float_accuracy = evaluate("float", &model, test_set, ExecMode::Float, args.train.batch)?;
     let hw_accuracy_before = evaluate(
         "hardware before",
         &model,
         test_set,
         ExecMode::Accurate,
-        args.batch,
+        args.train.batch,
     )?;
     tracing::info!(
         "float accuracy {:.2} %, on {hw}: {:.2} %",
@@ -201,10 +183,10 @@ fn job(
         100.0 * hw_accuracy_before
     );
     let mut cfg = train_config(
-        (args.batch, args.seed, args.max_steps),
-        args.epochs,
-        args.schedule.clone(),
-        args.lr,
+        (args.train.batch, args.train.seed, args.max_steps),
+        args.train.epochs,
+        args.train.schedule.clone(),
+        args.train.lr,
         args.out.join("finetune-checkpoint.safetensors"),
     );
     cfg.eval_mode = Some(ExecMode::Accurate);
@@ -226,7 +208,7 @@ fn job(
         &model,
         test_set,
         ExecMode::Accurate,
-        args.batch,
+        args.train.batch,
     )?;
     let model_path = args.out.join("model.safetensors");
     save(&model, &model_path, hw)?;
@@ -234,11 +216,11 @@ fn job(
         model: args.model.model.to_string(),
         hw: hw.to_string(),
         data: args.data.data.to_string(),
-        schedule: args.schedule.to_string(),
-        seed: args.seed,
-        epochs: args.epochs,
+        schedule: args.train.schedule.to_string(),
+        seed: args.train.seed,
+        epochs: args.train.epochs,
         pretrain_epochs: if args.model.weights.is_none() {
-            args.pretrain_epochs
+            args.train.pretrain_epochs
         } else {
             0
         },

@@ -5,6 +5,7 @@ pub mod bench_train;
 pub mod data;
 pub mod eval;
 pub mod finetune;
+pub mod finetune_args;
 pub mod hw;
 pub mod model_args;
 pub mod pretrain;

@@ -1,0 +1,32 @@
+//! The fine-tuning options `approx finetune` and `approx bench train` share.
+
+use approx_train::schedule::Phases;
+
+/// Epochs, schedule, batch, learning rates and seed of a fine-tune, and of the float
+/// pretraining before it when no `--weights` are given.
+#[derive(Debug, clap::Args)]
+pub struct FinetuneArgs {
+    /// Fine-tuning epochs (of each run, in `bench train`).
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Float pretraining epochs when no --weights are given (not timed in `bench train`).
+    #[arg(long, default_value_t = 4)]
+    pub pretrain_epochs: usize,
+    /// Fine-tuning phases: MODE:FRACTION or MODE:EPOCHS, e.g. `inject:0.8,accurate:0.2`
+    /// (the accelerated schedule) or `accurate:1` (the baseline). `bench train` runs it
+    /// as its accelerated run, against `accurate:1` and `float:1`.
+    #[arg(long, default_value = "inject:2,accurate:1")]
+    pub schedule: Phases,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Learning rate of pretraining (Adam).
+    #[arg(long, default_value_t = 3e-3)]
+    pub pretrain_lr: f64,
+    /// Learning rate of fine-tuning (Adam, cosine decay).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Seed of initialisation, data order, augmentation and noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
