@@ -172,7 +172,7 @@ impl HwLayer {
             }
             ExecMode::Accurate => {
                 let hardware = self.hardware(&x.detach(), &w.detach(), state.step)?;
-                self.accurate(&x, &w, &hardware)?
+                straight_through(&self.approx(&x, &w, None)?, &hardware)?
             }
         };
         self.with_bias(y)
@@ -303,20 +303,6 @@ impl HwLayer {
             injection: injection(0),
         }
         .apply(&y)
-    }
-
-    /// `hardware` forward, the surrogate's gradient backward (no bias). Split-weight
-    /// kinds take it in one op that never evaluates the surrogate's value.
-    fn accurate(&self, x: &Tensor, w: &Tensor, hardware: &Tensor) -> Result<Tensor> {
-        if matches!(self.model.partial_sums(), PartialSums::SplitWeights) {
-            let sums = self.exact(x, &split_polarities(w)?)?;
-            let plain = Surrogate {
-                model: self.model,
-                injection: None,
-            };
-            return plain.apply_split_gradient(&sums, hardware);
-        }
-        straight_through(&self.approx(x, w, None)?, hardware)
     }
 
     /// Fits the bias and std polynomials from the input `x` (detached, quantized as

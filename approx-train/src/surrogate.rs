@@ -14,7 +14,7 @@
 use approx_hw::rng::fill_standard_normal;
 use approx_hw::simd::with_avx2;
 use approx_hw::ErrorModel;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -57,13 +57,6 @@ impl Surrogate {
     /// second, each with its own noise when injecting (REX-SC injects per polarity).
     pub fn apply_split(self, sums: &Tensor) -> Result<Tensor> {
         sums.apply_op1(SplitPolarity(self))
-    }
-
-    /// `value` (`[N, C, ...]`, e.g. the bit-accurate output) forward, the gradient of
-    /// [`Surrogate::apply_split`] of `sums` backward: `accurate` mode's
-    /// straight-through in one op, which never evaluates the surrogate's value.
-    pub fn apply_split_gradient(self, sums: &Tensor, value: &Tensor) -> Result<Tensor> {
-        sums.apply_op2(&value.detach(), SplitGradient(self))
     }
 
     /// The surrogate of one chunk of sums `s` into `out`, its noise from `stream` of
@@ -204,71 +197,25 @@ impl CustomOp1 for SplitPolarity {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        split_backward(self.0, arg, grad).map(Some)
-    }
-}
-
-/// The gradient of [`Surrogate::apply_split`] at the stacked sums `arg` for the
-/// output gradient `grad`.
-fn split_backward(surrogate: Surrogate, arg: &Tensor, grad: &Tensor) -> Result<Tensor> {
-    let op = "the split surrogate's backward";
-    let (half, _) = split_shape(arg.shape())?;
-    let (s, g) = (read_f32(arg), read_f32(grad));
-    let (s, g) = (s.values(op)?, g.values(op)?);
-    let mut d = vec![0f32; s.len()];
-    if half > 0 {
-        d.par_chunks_mut(2 * half)
-            .zip(s.par_chunks(2 * half).zip(g.par_chunks(half)))
-            .for_each(|(d, (s, g))| {
-                let (d_pos, d_neg) = d.split_at_mut(half);
-                let (s_pos, s_neg) = s.split_at(half);
-                for (d, s, sign) in [(d_pos, s_pos, 1.0), (d_neg, s_neg, -1.0)] {
-                    d.par_chunks_mut(CHUNK)
-                        .zip(s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                        .for_each(|(d, (s, g))| surrogate.backward_chunk(s, g, sign, d));
-                }
-            });
-    }
-    Tensor::from_vec(d, arg.shape(), arg.device())
-}
-
-/// The split surrogate's gradient under another value (see
-/// [`Surrogate::apply_split_gradient`]).
-#[derive(Debug, Clone, Copy)]
-struct SplitGradient(Surrogate);
-
-impl CustomOp2 for SplitGradient {
-    fn name(&self) -> &'static str {
-        "split-surrogate-gradient"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _sums: &CpuStorage,
-        sums_layout: &Layout,
-        value: &CpuStorage,
-        value_layout: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (_, shape) = split_shape(sums_layout.shape())?;
-        if &shape != value_layout.shape() {
-            return Err(candle_core::Error::Msg(format!(
-                "the split surrogate's gradient: value shape {:?} is not the output shape {:?} of the sums",
-                value_layout.shape(),
-                shape
-            )));
+        let op = "the split surrogate's backward";
+        let (half, _) = split_shape(arg.shape())?;
+        let (s, g) = (read_f32(arg), read_f32(grad));
+        let (s, g) = (s.values(op)?, g.values(op)?);
+        let mut d = vec![0f32; s.len()];
+        if half > 0 {
+            d.par_chunks_mut(2 * half)
+                .zip(s.par_chunks(2 * half).zip(g.par_chunks(half)))
+                .for_each(|(d, (s, g))| {
+                    let (d_pos, d_neg) = d.split_at_mut(half);
+                    let (s_pos, s_neg) = s.split_at(half);
+                    for (d, s, sign) in [(d_pos, s_pos, 1.0), (d_neg, s_neg, -1.0)] {
+                        d.par_chunks_mut(CHUNK)
+                            .zip(s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                            .for_each(|(d, (s, g))| self.0.backward_chunk(s, g, sign, d));
+                    }
+                });
         }
-        let data = f32_values(value, value_layout, "the split surrogate's gradient")?.into_owned();
-        Ok((CpuStorage::F32(data), shape))
-    }
-
-    fn bwd(
-        &self,
-        sums: &Tensor,
-        _value: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(split_backward(self.0, sums, grad)?), None))
+        Ok(Some(Tensor::from_vec(d, arg.shape(), arg.device())?))
     }
 }
 
@@ -393,55 +340,6 @@ mod tests {
             injection: None,
         }
         .apply_split(&Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap())
-        .is_err());
-    }
-
-    /// `accurate` mode's one op equals the straight-through construction: the given
-    /// value forward, the split surrogate's gradient backward, bit for bit.
-    #[test]
-    fn split_gradient_is_the_straight_through_of_the_split() {
-        let data: Vec<f32> = (0..60)
-            .map(|i| ((i * 29) % 43) as f32 / 10.0 - 0.5)
-            .collect();
-        let s = Var::from_vec(data, (2, 6, 5), &Device::Cpu).unwrap();
-        let value = Tensor::from_vec(
-            (0..30)
-                .map(|i| (i % 9) as f32 * 0.25 - 1.0)
-                .collect::<Vec<_>>(),
-            (2, 3, 5),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let r = Tensor::from_vec(
-            (0..30).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<_>>(),
-            (2, 3, 5),
-            &Device::Cpu,
-        )
-        .unwrap();
-        for model in [ErrorModel::OrN { n: 2 }, ErrorModel::OrN { n: 1 }] {
-            let surrogate = Surrogate {
-                model,
-                injection: None,
-            };
-            let fused = surrogate.apply_split_gradient(&s, &value).unwrap();
-            let reference =
-                crate::ste::straight_through(&surrogate.apply_split(&s).unwrap(), &value).unwrap();
-            assert_eq!(
-                fused.to_vec3::<f32>().unwrap(),
-                value.to_vec3::<f32>().unwrap()
-            );
-            let grad = |y: Tensor| {
-                let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                g.get(&s).unwrap().to_vec3::<f32>().unwrap()
-            };
-            assert_eq!(grad(fused), grad(reference), "{model:?}");
-        }
-        let wrong = Tensor::zeros((2, 6, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(Surrogate {
-            model: ErrorModel::OrN { n: 2 },
-            injection: None,
-        }
-        .apply_split_gradient(&s, &wrong)
         .is_err());
     }
 
