@@ -165,7 +165,6 @@ pub(crate) struct ErrorPolynomials {
     std: [f32; DEGREE + 1],
     /// `d bias / dx` in the same `t`: `(k + 1)·b_(k+1) / half-width`.
     slope: [f32; DEGREE],
-    has_std: bool,
 }
 
 /// The coefficients of `p(centre + h·t)` in powers of `t` (a Taylor shift, in f64).
@@ -209,13 +208,12 @@ impl ErrorPolynomials {
             bias: to_f32(bias),
             std: to_f32(rebase(&cal.std, centre, h)),
             slope: std::array::from_fn(|k| ((k + 1) as f64 * bias[k + 1] / h) as f32),
-            has_std: cal.std != [0.0; DEGREE + 1],
         }
     }
 
     /// Whether the std polynomial is not zero (there is noise to draw).
     pub(crate) fn has_std(&self) -> bool {
-        self.has_std
+        self.std.iter().any(|&c| c != 0.0)
     }
 
     #[inline(always)]
