@@ -21,7 +21,7 @@ use approx_train::io::{peak_rss_bytes, reset_peak_rss, rss_bytes};
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
 use approx_train::optim::{Optimizer, OptimizerKind};
-use approx_train::trainer::{loss_and_correct, on_large_stack};
+use approx_train::trainer::{on_large_stack, train_step};
 use candle_core::{Device, Tensor};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -47,11 +47,7 @@ fn child(kind: ModelKind, segments: usize, batch: usize) -> Result<()> {
         // A fresh process: its peak so far is the set-up; reset it where the OS can,
         // otherwise the set-up's peak (below the step's) stays in the maximum.
         reset_peak_rss();
-        let logits = net.forward(&x, true)?;
-        let (loss, _) = loss_and_correct(&logits, &y, 0.1)?;
-        let mut grads = loss.backward()?;
-        net.merge_recomputed_grads(&mut grads)?;
-        opt.step(&grads)?;
+        train_step(&net, &mut opt, &x, &y, 0.1, None)?;
         let peak = peak_rss_bytes().ok_or("no VmHWM")?;
         println!("{before} {peak}");
         Ok(())

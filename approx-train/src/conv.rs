@@ -3,23 +3,70 @@
 //! its backward (a direct `conv_transpose2d` loop) slower still; approximate-hardware
 //! training runs two or more exact convs per layer per step, so this is its hot path.
 
+use std::borrow::Cow;
+
 use approx_hw::im2col::{col2im_image, im2col};
 use approx_hw::{Conv2dParams, ConvGeometry};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::polarity::{fold_gradient, split_values, stacked};
 use crate::storage::{f32_values, read_f32};
 
 /// `conv2d(input, weight)` (NCHW, OIHW, f32, no bias) through im2col + GEMM, with
 /// backward. Matches candle's `Tensor::conv2d` within float rounding.
 pub fn conv2d(input: &Tensor, weight: &Tensor, params: Conv2dParams) -> Result<Tensor> {
-    input.apply_op2(weight, FastConv2d { params })
+    input.apply_op2(
+        weight,
+        FastConv2d {
+            params,
+            polarities: false,
+        },
+    )
 }
 
-/// The candle op behind [`conv2d`].
+/// `conv2d(input, split_polarities(weight))`: both polarities' partial sums of a
+/// split-unipolar layer (`[N, 2O, H, W]`, the positive weights' sums first), with the
+/// same values and gradients, bit for bit. The split weights (twice the weight's size)
+/// and their gradient live only inside the op's forward and backward calls instead of
+/// in the graph: on VGG-16's 512-channel layers they, not the activations, were the
+/// largest tensors of a checkpointed step.
+pub fn conv2d_polarities(input: &Tensor, weight: &Tensor, params: Conv2dParams) -> Result<Tensor> {
+    input.apply_op2(
+        weight,
+        FastConv2d {
+            params,
+            polarities: true,
+        },
+    )
+}
+
+/// The candle op behind [`conv2d`] and [`conv2d_polarities`].
 #[derive(Debug, Clone, Copy)]
 struct FastConv2d {
     params: Conv2dParams,
+    /// The conv runs on the weight's split polarities (see [`conv2d_polarities`]).
+    polarities: bool,
+}
+
+impl FastConv2d {
+    /// The geometry of the conv as run, and its weight values (split when the op
+    /// splits polarities).
+    fn operands<'a>(
+        &self,
+        input: &[usize],
+        weight_shape: &Shape,
+        weight: Cow<'a, [f32]>,
+    ) -> Result<(ConvGeometry, Cow<'a, [f32]>)> {
+        if !self.polarities {
+            return Ok((geometry(input, weight_shape.dims(), self.params)?, weight));
+        }
+        let stacked = stacked(weight_shape)?;
+        Ok((
+            geometry(input, stacked.dims(), self.params)?,
+            Cow::Owned(split_values(&weight)),
+        ))
+    }
 }
 
 fn geometry(input: &[usize], weight: &[usize], params: Conv2dParams) -> Result<ConvGeometry> {
@@ -197,8 +244,16 @@ fn input_grad_by_scatter(geo: &ConvGeometry, weight: &[f32], grad: &[f32]) -> Ve
 /// `dW = Σ_images g · colᵀ`, summed in a fixed number of image groups and then the
 /// groups in order: the float sum is the same whatever the thread count or scheduling
 /// (rayon's fold/reduce splits by work stealing, which changes the rounding).
+///
+/// Each group holds a whole partial `dW`. Where those outsize the batch's columns
+/// (weights larger than maps: VGG's 512-channel layers on 2x2 maps, where eight
+/// partials of a split-polarity layer took 151 MB), the gradient is one GEMM over the
+/// whole batch instead ([`weight_grad_by_rows`]).
 fn weight_grad(geo: &ConvGeometry, input: &[f32], grad: &[f32]) -> Vec<f32> {
     let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
+    if geo.batch * pixels < WEIGHT_GRAD_GROUPS * out_ch {
+        return weight_grad_by_rows(geo, input, grad);
+    }
     let per_group = geo.batch.div_ceil(WEIGHT_GRAD_GROUPS).max(1);
     let partials: Vec<Vec<f32>> = (0..geo.batch.div_ceil(per_group))
         .into_par_iter()
@@ -228,6 +283,35 @@ fn weight_grad(geo: &ConvGeometry, input: &[f32], grad: &[f32]) -> Vec<f32> {
     dw
 }
 
+/// Output channels per work unit of [`weight_grad_by_rows`]: fixed, so that the
+/// GEMM's blocking, and with it the rounding, does not depend on the thread count.
+const WEIGHT_GRAD_ROWS: usize = 64;
+
+/// `dW = G · Colᵀ` with the whole batch as the reduction: `G` is the output gradient
+/// as `O x N·P` and `Col` the batch's receptive fields as `K x N·P`, both smaller than
+/// one partial `dW` where this runs. Rows of `dW` are computed in parallel, each
+/// summed over the batch in one order.
+fn weight_grad_by_rows(geo: &ConvGeometry, input: &[f32], grad: &[f32]) -> Vec<f32> {
+    let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
+    let columns = geo.batch * pixels;
+    let mut cols = vec![0f32; fan_in * columns];
+    im2col(geo, input, 0..columns, &mut cols);
+    let mut g = vec![0f32; out_ch * columns];
+    for (n, image) in grad.chunks_exact(out_ch * pixels).enumerate() {
+        for (o, row) in image.chunks_exact(pixels).enumerate() {
+            g[o * columns + n * pixels..][..pixels].copy_from_slice(row);
+        }
+    }
+    let mut dw = vec![0f32; out_ch * fan_in];
+    dw.par_chunks_mut(WEIGHT_GRAD_ROWS * fan_in)
+        .zip(g.par_chunks(WEIGHT_GRAD_ROWS * columns))
+        .for_each(|(dw, g)| {
+            let rows = dw.len() / fan_in;
+            gemm_rm(rows, fan_in, columns, (g, false), (&cols, true), dw, false);
+        });
+    dw
+}
+
 impl CustomOp2 for FastConv2d {
     fn name(&self) -> &'static str {
         "fast-conv2d"
@@ -240,12 +324,9 @@ impl CustomOp2 for FastConv2d {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let geo = geometry(l1.dims(), l2.dims(), self.params)?;
-        let out = forward(
-            &geo,
-            &f32_values(s1, l1, "fast conv2d")?,
-            &f32_values(s2, l2, "fast conv2d")?,
-        );
+        let (geo, weight) =
+            self.operands(l1.dims(), l2.shape(), f32_values(s2, l2, "fast conv2d")?)?;
+        let out = forward(&geo, &f32_values(s1, l1, "fast conv2d")?, &weight);
         Ok((CpuStorage::F32(out), Shape::from(geo.out_shape().to_vec())))
     }
 
@@ -256,16 +337,23 @@ impl CustomOp2 for FastConv2d {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let geo = geometry(input.dims(), weight.dims(), self.params)?;
         let op = "fast conv2d backward";
         let (x, w, g) = (read_f32(input), read_f32(weight), read_f32(grad));
+        let w = w.values(op)?;
+        let (geo, run_weight) = self.operands(input.dims(), weight.shape(), Cow::Borrowed(&w))?;
         let (dx, dw) = backward(
             &geo,
             &x.values(op)?,
-            &w.values(op)?,
+            &run_weight,
             &g.values(op)?,
             input.track_op(),
         );
+        drop(run_weight);
+        let dw = if self.polarities {
+            fold_gradient(&w, &dw)
+        } else {
+            dw
+        };
         Ok((
             dx.map(|dx| Tensor::from_vec(dx, input.shape(), input.device()))
                 .transpose()?,
@@ -327,6 +415,10 @@ mod tests {
             (2, 16, 6, 7, 3, 3, 1, 1),
             (1, 17, 5, 8, 4, 5, 1, 2),
             (2, 16, 5, 5, 2, 1, 1, 0),
+            // Weights outsizing the maps: the weight gradient over the whole batch,
+            // with a partial last block of rows.
+            (3, 4, 2, 2, 70, 3, 1, 1),
+            (2, 5, 3, 2, 9, 2, 1, 0),
         ]
         .iter()
         .enumerate()
@@ -352,6 +444,55 @@ mod tests {
             for v in [&x, &wt] {
                 let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
                 assert!(max_rel(a, b) < 1e-5, "gradient {i}: {}", max_rel(a, b));
+            }
+        }
+    }
+
+    /// The fused split conv equals the conv of the split weights bit for bit, in value
+    /// and in both gradients, zero weights included (their ReLU gradient is 1 on both
+    /// halves), on both input-gradient paths.
+    #[test]
+    fn polarity_conv_equals_conv_of_split_weights() {
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        for (i, &(n, c, h, w, o, k, stride, pad)) in [
+            (2, 3, 7, 6, 4, 3, 1, 1),
+            (2, 16, 6, 6, 3, 3, 1, 1),
+            (1, 5, 8, 7, 2, 3, 2, 0),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = Var::from_tensor(&rand(&[n, c, h, w], 300 + i as u64)).unwrap();
+            let mut wv = rand(&[o, c, k, k], 400 + i as u64)
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            wv[0] = 0.0;
+            wv[3] = -0.0;
+            let wt = Var::from_vec(wv, (o, c, k, k), &Device::Cpu).unwrap();
+            let params = Conv2dParams::new(stride, pad);
+            let fused = conv2d_polarities(&x, &wt, params).unwrap();
+            let reference =
+                conv2d(&x, &crate::polarity::split_polarities(&wt).unwrap(), params).unwrap();
+            assert_eq!(bits(&fused), bits(&reference), "forward {i}");
+            let probe = rand(fused.dims(), 500 + i as u64);
+            let grads = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let (g1, g2) = (grads(&fused), grads(&reference));
+            for v in [&x, &wt] {
+                assert_eq!(
+                    bits(g1.get(v).unwrap()),
+                    bits(g2.get(v).unwrap()),
+                    "gradient {i}"
+                );
             }
         }
     }

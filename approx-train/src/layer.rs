@@ -286,7 +286,10 @@ impl HwLayer {
                 // Both polarities in one conv (the positive and negative weight parts
                 // stacked as output channels), so the input is unfolded once, and one
                 // op for the surrogate of both and their difference.
-                let sums = self.exact(x, &split_polarities(w)?)?;
+                let sums = match self.op {
+                    Layer::Conv2d(params) => crate::conv::conv2d_polarities(x, w, params)?,
+                    Layer::Linear => self.exact(x, &split_polarities(w)?)?,
+                };
                 if per_polarity {
                     return Surrogate {
                         model,

@@ -126,6 +126,11 @@ impl Optimizer {
         })
     }
 
+    /// The parameters it updates, in order.
+    pub fn params(&self) -> &[Var] {
+        &self.params
+    }
+
     /// The current learning rate.
     pub fn learning_rate(&self) -> f64 {
         self.lr

@@ -25,7 +25,7 @@ const CHUNK: usize = 1 << 14;
 struct SplitPolarities;
 
 /// The stacked shape `[2O, ...]` of `[O, ...]`.
-fn stacked(shape: &Shape) -> Result<Shape> {
+pub(crate) fn stacked(shape: &Shape) -> Result<Shape> {
     let mut dims = shape.dims().to_vec();
     let Some(first) = dims.first_mut() else {
         return Err(candle_core::Error::Msg(
@@ -44,37 +44,50 @@ impl CustomOp1 for SplitPolarities {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let shape = stacked(layout.shape())?;
         let w = f32_values(storage, layout, "split polarities")?;
-        let mut out = vec![0f32; 2 * w.len()];
-        let (pos, neg) = out.split_at_mut(w.len());
-        pos.par_chunks_mut(CHUNK)
-            .zip(neg.par_chunks_mut(CHUNK))
-            .zip(w.par_chunks(CHUNK))
-            .for_each(|((pos, neg), w)| {
-                for ((p, n), &v) in pos.iter_mut().zip(neg.iter_mut()).zip(w) {
-                    *p = v.max(0.0);
-                    *n = (-v).max(0.0);
-                }
-            });
-        Ok((CpuStorage::F32(out), shape))
+        Ok((CpuStorage::F32(split_values(&w)), shape))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let op = "the split polarities' backward";
         let (w, g) = (read_f32(arg), read_f32(grad));
-        let (w, g) = (w.values(op)?, g.values(op)?);
-        let (g_pos, g_neg) = g.split_at(w.len());
-        let mut d = vec![0f32; w.len()];
-        d.par_chunks_mut(CHUNK)
-            .zip(w.par_chunks(CHUNK))
-            .zip(g_pos.par_chunks(CHUNK).zip(g_neg.par_chunks(CHUNK)))
-            .for_each(|((d, w), (gp, gn))| {
-                for (((d, &v), &gp), &gn) in d.iter_mut().zip(w).zip(gp).zip(gn) {
-                    let mask = |x: f32| if x >= 0.0 { 1.0f32 } else { 0.0 };
-                    *d = gp * mask(v) - gn * mask(-v);
-                }
-            });
+        let d = fold_gradient(&w.values(op)?, &g.values(op)?);
         Tensor::from_vec(d, arg.shape(), arg.device()).map(Some)
     }
+}
+
+/// The values of [`split_polarities`] on a flat weight `w`: `max(w, 0)` followed by
+/// `max(−w, 0)` (twice `w`'s length).
+pub(crate) fn split_values(w: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; 2 * w.len()];
+    let (pos, neg) = out.split_at_mut(w.len());
+    pos.par_chunks_mut(CHUNK)
+        .zip(neg.par_chunks_mut(CHUNK))
+        .zip(w.par_chunks(CHUNK))
+        .for_each(|((pos, neg), w)| {
+            for ((p, n), &v) in pos.iter_mut().zip(neg.iter_mut()).zip(w) {
+                *p = v.max(0.0);
+                *n = (-v).max(0.0);
+            }
+        });
+    out
+}
+
+/// The gradient of [`split_polarities`] at the flat weight `w` for the stacked
+/// gradient `g` (twice `w`'s length): `g₊·[w ≥ 0] − g₋·[−w ≥ 0]`, candle's ReLU
+/// gradient on each half.
+pub(crate) fn fold_gradient(w: &[f32], g: &[f32]) -> Vec<f32> {
+    let (g_pos, g_neg) = g.split_at(w.len());
+    let mut d = vec![0f32; w.len()];
+    d.par_chunks_mut(CHUNK)
+        .zip(w.par_chunks(CHUNK))
+        .zip(g_pos.par_chunks(CHUNK).zip(g_neg.par_chunks(CHUNK)))
+        .for_each(|((d, w), (gp, gn))| {
+            for (((d, &v), &gp), &gn) in d.iter_mut().zip(w).zip(gp).zip(gn) {
+                let mask = |x: f32| if x >= 0.0 { 1.0f32 } else { 0.0 };
+                *d = gp * mask(v) - gn * mask(-v);
+            }
+        });
+    d
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::storage::f32_values;
+use crate::storage::{f32_values, read_f32};
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor, Var};
 
@@ -101,7 +101,11 @@ impl CustomOp1 for Checkpoint {
             Var::from_tensor(&arg.detach())?.as_tensor().clone()
         };
         let y = (self.block)(&x, Pass::Recompute)?;
-        let grads = (y * grad)?.sum_all()?.backward()?;
+        let grads = y
+            .apply_op1(InnerProduct {
+                with: grad.detach(),
+            })?
+            .backward()?;
         let mut keep = GradStore::default();
         for p in &self.params {
             if let Some(g) = grads.get(p) {
@@ -113,6 +117,46 @@ impl CustomOp1 for Checkpoint {
             .unwrap_or_else(|e| e.into_inner())
             .push(keep);
         Ok(grads.get(&x).map(Tensor::detach))
+    }
+}
+
+/// `⟨y, with⟩` as a scalar, whose gradient with respect to `y` is `with`: the nested
+/// backward of a block starts from the outer gradient itself. The plain `(y · g).sum()`
+/// keeps the product for the whole backward and adds the product's and `y`'s
+/// gradients, each a block output's size, at the step's peak.
+struct InnerProduct {
+    with: Tensor,
+}
+
+impl CustomOp1 for InnerProduct {
+    fn name(&self) -> &'static str {
+        "inner-product"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let op = "a checkpointed block's gradient seed";
+        if layout.shape() != self.with.shape() {
+            return Err(candle_core::Error::ShapeMismatchBinaryOp {
+                lhs: layout.shape().clone(),
+                rhs: self.with.shape().clone(),
+                op: "inner-product",
+            });
+        }
+        let with = read_f32(&self.with);
+        let dot = f32_values(storage, layout, op)?
+            .iter()
+            .zip(with.values(op)?.iter())
+            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+            .sum::<f64>();
+        Ok((CpuStorage::F32(vec![dot as f32]), Shape::from(())))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // `backward()` seeds the scalar with 1: pass the tensor on without a product.
+        if grad.to_scalar::<f32>()? == 1.0 {
+            return Ok(Some(self.with.clone()));
+        }
+        self.with.broadcast_mul(grad).map(Some)
     }
 }
 

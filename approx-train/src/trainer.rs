@@ -203,6 +203,44 @@ pub fn loss_and_correct(logits: &Tensor, labels: &Tensor, eps: f64) -> Result<(T
     Ok((loss, f64::from(correct)))
 }
 
+/// What one training step measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepResult {
+    /// The batch's mean loss (before the update).
+    pub loss: f64,
+    /// Images of the batch whose argmax was the label (a count, as f64).
+    pub correct: f64,
+}
+
+/// One training step of `model` on images `x` with labels `y`: forward, loss with
+/// label smoothing `eps`, backward (the checkpointed blocks' gradients merged in),
+/// gradients clipped to global norm `clip` if given, and the optimizer's update.
+///
+/// The forward graph (every activation kept for backward) is dropped before the
+/// update, so that it and the optimizer's temporaries are never in memory together:
+/// on VGG-16 the update allocates several parameter-sized tensors per layer.
+pub fn train_step(
+    model: &dyn Model,
+    optimizer: &mut Optimizer,
+    x: &Tensor,
+    y: &Tensor,
+    eps: f64,
+    clip: Option<f64>,
+) -> Result<StepResult> {
+    let (mut grads, loss, correct) = {
+        let logits = model.forward(x, true)?;
+        let (loss, correct) = loss_and_correct(&logits, y, eps)?;
+        let grads = loss.backward()?;
+        (grads, f64::from(loss.to_scalar::<f32>()?), correct)
+    };
+    model.merge_recomputed_grads(&mut grads)?;
+    if let Some(max) = clip {
+        clip_grad_norm(optimizer.params(), &mut grads, max)?;
+    }
+    optimizer.step(&grads)?;
+    Ok(StepResult { loss, correct })
+}
+
 /// Accuracy (fraction) of `model` on `data` with every hardware layer in `mode`
 /// (restored afterwards), in batches of `batch`.
 pub fn evaluate(model: &dyn Model, data: &Dataset, mode: ExecMode, batch: usize) -> Result<f64> {
@@ -372,15 +410,14 @@ pub fn train(
                 _ => (config.lr, epoch * batches + b, config.epochs * batches),
             };
             optimizer.set_learning_rate(config.lr_schedule.rate(lr0, t as u64, total as u64));
-            let logits = model.forward(&x, true)?;
-            let (loss, correct) = loss_and_correct(&logits, &y, config.label_smoothing)?;
-            let mut grads = loss.backward()?;
-            model.merge_recomputed_grads(&mut grads)?;
-            if let Some(max) = config.clip_grad {
-                clip_grad_norm(&params, &mut grads, max)?;
-            }
-            optimizer.step(&grads)?;
-            let loss = f64::from(loss.to_scalar::<f32>()?);
+            let StepResult { loss, correct } = train_step(
+                model,
+                &mut optimizer,
+                &x,
+                &y,
+                config.label_smoothing,
+                config.clip_grad,
+            )?;
             if !loss.is_finite() {
                 return Err(fail(format!(
                     "loss became {loss} at epoch {epoch}, batch {b}: lower the learning rate"

@@ -10,7 +10,7 @@ use approx_models::{build, HwMap, ModelKind, Sequential};
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
 use approx_train::optim::{Optimizer, OptimizerKind};
-use approx_train::trainer::{loss_and_correct, on_large_stack};
+use approx_train::trainer::{self, on_large_stack};
 use candle_core::{Device, Tensor};
 use criterion::{BenchmarkId, Criterion};
 
@@ -44,12 +44,9 @@ fn batch() -> (Tensor, Tensor) {
     (x, y)
 }
 
-/// One step of `net` on `(x, y)`.
+/// One step of `net` on `(x, y)`, as the trainer runs it.
 fn step(net: &Sequential, opt: &mut Optimizer, x: &Tensor, y: &Tensor) {
-    let logits = net.forward(x, true).expect("forward");
-    let (loss, _) = loss_and_correct(&logits, y, 0.1).expect("loss");
-    opt.step(&loss.backward().expect("backward"))
-        .expect("optimizer step");
+    trainer::train_step(net, opt, x, y, 0.1, None).expect("training step");
 }
 
 fn train_step(c: &mut Criterion) {
