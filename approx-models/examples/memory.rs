@@ -8,15 +8,20 @@
 //! ```
 //!
 //! Every measurement runs in a fresh child process (this program with `--child MODEL
-//! SEGMENTS BATCH`), so peaks do not mix. The step's memory is the process's peak
-//! resident set during the step minus its resident set before it (model, optimizer
-//! state and data already in memory). The largest batch is predicted from the step
-//! memory at two batches and then found by runs around the prediction (see
-//! `largest_fitting_batch`): only a batch that was run and fitted is reported.
+//! SEGMENTS BATCH`), so peaks do not mix. Each child runs two steps and measures the
+//! second, as every step of a training run after the first sees it: the step's memory
+//! is its peak resident set minus the resident set before it (model, Adam's moments,
+//! data), with the first step's freed heap given back to the OS in between. (A first
+//! step also pages in Adam's moments, zero pages until then: two more copies of the
+//! parameters, whatever the checkpointing.) The 4 GiB budget holds the process's peak
+//! over both steps. The largest batch is predicted from the step memory at two
+//! batches and then found by runs around the prediction (see `largest_fitting_batch`):
+//! only a batch that was run and fitted is reported.
 
 use std::process::Command;
 
 use approx_models::{build, HwMap, ModelKind};
+use approx_train::alloc::release_free_memory;
 use approx_train::io::{peak_rss_bytes, reset_peak_rss, rss_bytes};
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
@@ -29,7 +34,8 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 const BUDGET: f64 = 4.0 * (1u64 << 30) as f64;
 const MIB: f64 = (1u64 << 20) as f64;
 
-/// Runs one step and prints `RSS_BEFORE PEAK` in bytes.
+/// Runs two steps and prints, in bytes, the resident set before the second, the peak
+/// during it, and the process's peak over both.
 fn child(kind: ModelKind, segments: usize, batch: usize) -> Result<()> {
     on_large_stack(|| -> Result<()> {
         let hw = HwMap::All("sc:len=64,acc=or2".parse()?);
@@ -43,19 +49,42 @@ fn child(kind: ModelKind, segments: usize, batch: usize) -> Result<()> {
         )?;
         let params = net.named_vars().into_iter().map(|(_, v)| v).collect();
         let mut opt = Optimizer::new(OptimizerKind::Adam { weight_decay: 0.0 }, params, 1e-3)?;
+        // The first step makes the training state resident (Adam's moments are
+        // untouched zero pages until then); the measured step is the second, on top
+        // of that state, with the first step's freed blocks given back to the OS.
+        train_step(&net, &mut opt, &x, &y, 0.1, None)?;
+        let first_peak = peak_rss_bytes().ok_or("no VmHWM")?;
+        release_free_memory();
         let before = rss_bytes().ok_or("no /proc/self/status")?;
-        // A fresh process: its peak so far is the set-up; reset it where the OS can,
-        // otherwise the set-up's peak (below the step's) stays in the maximum.
+        // Reset the peak where the OS can; otherwise the first step's peak stays in
+        // the maximum.
         reset_peak_rss();
         train_step(&net, &mut opt, &x, &y, 0.1, None)?;
         let peak = peak_rss_bytes().ok_or("no VmHWM")?;
-        println!("{before} {peak}");
+        println!("{before} {peak} {}", peak.max(first_peak));
         Ok(())
     })
 }
 
-/// `(RSS before the step, peak during it)` of a step in a fresh process.
-fn measure(kind: ModelKind, segments: usize, batch: usize) -> Result<(f64, f64)> {
+/// What a child measured, in bytes.
+struct Measurement {
+    /// The resident set before the measured step (model, optimizer state, data).
+    before: f64,
+    /// The peak resident set during the measured step.
+    step_peak: f64,
+    /// The process's peak over both steps (what a memory budget must hold).
+    process_peak: f64,
+}
+
+impl Measurement {
+    /// The step's own memory: its peak above the state before it.
+    fn step(&self) -> f64 {
+        self.step_peak - self.before
+    }
+}
+
+/// The measurement of a step in a fresh process.
+fn measure(kind: ModelKind, segments: usize, batch: usize) -> Result<Measurement> {
     let out = Command::new(std::env::current_exe()?)
         .args([
             "--child",
@@ -73,15 +102,19 @@ fn measure(kind: ModelKind, segments: usize, batch: usize) -> Result<(f64, f64)>
     }
     let text = String::from_utf8(out.stdout)?;
     let mut it = text.split_whitespace().map(str::parse::<f64>);
-    match (it.next(), it.next()) {
-        (Some(Ok(before)), Some(Ok(peak))) => Ok((before, peak)),
+    match (it.next(), it.next(), it.next()) {
+        (Some(Ok(before)), Some(Ok(step_peak)), Some(Ok(process_peak))) => Ok(Measurement {
+            before,
+            step_peak,
+            process_peak,
+        }),
         _ => Err(format!("child printed `{text}`").into()),
     }
 }
 
 /// The largest batch (up to 1,024) whose step peaks within the budget, starting from
 /// the linear prediction `guess`, and its peak. A batch that overshoots is scaled down
-/// by the measured overshoot and measured again; a batch that fits is confirmed by
+/// by the measured overshoot (at least 2 %) and measured again; a batch that fits is confirmed by
 /// the next one up (+5 %) overshooting, or by reaching 1,024. Peak memory is not
 /// linear in the batch (allocator blocks, the kernels' transient buffers), so the
 /// prediction alone can be far off.
@@ -90,7 +123,7 @@ fn largest_fitting_batch(kind: ModelKind, segments: usize, guess: usize) -> Resu
     let mut over = usize::MAX;
     let mut batch = guess.max(1);
     for _ in 0..8 {
-        let (_, peak) = measure(kind, segments, batch)?;
+        let peak = measure(kind, segments, batch)?.process_peak;
         if peak <= BUDGET {
             fits = Some((batch, peak));
             let next = (batch + batch.div_ceil(20)).min(1024);
@@ -104,7 +137,12 @@ fn largest_fitting_batch(kind: ModelKind, segments: usize, guess: usize) -> Resu
             if floor >= over {
                 break;
             }
-            batch = ((batch as f64 * BUDGET / peak) as usize).clamp(floor, over - 1);
+            // At least 2 % down: a peak just over the budget would otherwise step
+            // down one image per run (minutes each at these batches).
+            let scaled = (batch as f64 * BUDGET / peak) as usize;
+            batch = scaled
+                .min(batch - batch.div_ceil(50))
+                .clamp(floor, over - 1);
         }
     }
     fits.ok_or_else(|| format!("{kind} with {segments} segments: no batch fits in 4 GiB").into())
@@ -126,11 +164,10 @@ fn main() -> Result<()> {
         let mut step_at = Vec::new();
         for segments in [0, layers] {
             let (b1, b2) = (16, 32);
-            let (before1, peak1) = measure(kind, segments, b1)?;
-            let (before2, peak2) = measure(kind, segments, b2)?;
-            let (s1, s2) = (peak1 - before1, peak2 - before2);
+            let (m1, m2) = (measure(kind, segments, b1)?, measure(kind, segments, b2)?);
+            let (s1, s2) = (m1.step(), m2.step());
             let per_image = ((s2 - s1) / (b2 - b1) as f64).max(1.0);
-            let fixed = peak2 - per_image * b2 as f64;
+            let fixed = m2.process_peak - per_image * b2 as f64;
             let (max_batch, peak_there) = largest_fitting_batch(
                 kind,
                 segments,
@@ -142,7 +179,7 @@ fn main() -> Result<()> {
                 segments,
                 b2,
                 s2 / MIB,
-                peak2 / MIB,
+                m2.process_peak / MIB,
                 max_batch,
                 peak_there / MIB
             );

@@ -34,3 +34,15 @@ pub fn keep_freed_memory() {
         }
     });
 }
+
+/// Gives the heap's free memory back to the OS (glibc's `malloc_trim`), so that the
+/// resident set is the memory in use: the memory example calls it between training
+/// steps to measure a step on top of the training state alone. A no-op on other C
+/// libraries.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free heap pages to the OS, under malloc's lock.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
