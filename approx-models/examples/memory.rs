@@ -114,10 +114,10 @@ fn measure(kind: ModelKind, segments: usize, batch: usize) -> Result<Measurement
 
 /// The largest batch (up to 1,024) whose step peaks within the budget, starting from
 /// the linear prediction `guess`, and its peak. A batch that overshoots is scaled down
-/// by the measured overshoot (at least 2 %) and measured again; a batch that fits is confirmed by
-/// the next one up (+5 %) overshooting, or by reaching 1,024. Peak memory is not
-/// linear in the batch (allocator blocks, the kernels' transient buffers), so the
-/// prediction alone can be far off.
+/// by the measured overshoot (at least 2 %) and measured again; a batch that fits is
+/// confirmed by the next one up (+5 %) overshooting, or by reaching 1,024. Peak memory
+/// is not linear in the batch (allocator blocks, the kernels' transient buffers), so
+/// the prediction alone can be far off.
 fn largest_fitting_batch(kind: ModelKind, segments: usize, guess: usize) -> Result<(usize, f64)> {
     let mut fits: Option<(usize, f64)> = None;
     let mut over = usize::MAX;
