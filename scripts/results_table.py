@@ -102,7 +102,8 @@ def group_section(folder):
         f"Fine-tuning: {first['train_images']:,} training images, {first['epochs']} epochs, "
         f"batch {first['batch']}, seed {first['seed']}; accuracies on {first['test_images']:,} "
         f"test images. Accelerated schedule `{first['accelerated']['schedule']}` with "
-        f"{first['accelerated']['checkpoint_segments']} checkpointed segments; baseline "
+        f"{first['accelerated']['checkpoint_segments']} checkpointed segments, calibrating "
+        f"every {first['accelerated']['calibrate_every']} steps of its `inject` epochs; baseline "
         f"`{first['baseline']['schedule']}`.",
         "",
         "| hardware | float model on the hardware | accelerated | baseline | accelerated − baseline (points) | accelerated s | baseline s | float fine-tune s | speed-up | cost vs float |",
@@ -249,7 +250,7 @@ def main():
             facts += rows
     settings = " ".join(
         f"{k}={os.environ[k]}"
-        for k in ["TRAIN_IMAGES", "PRETRAIN_IMAGES", "TEST_IMAGES", "PRETRAIN_EPOCHS", "EPOCHS", "SCHEDULE", "BATCH"]
+        for k in ["TRAIN_IMAGES", "PRETRAIN_IMAGES", "TEST_IMAGES", "PRETRAIN_EPOCHS", "EPOCHS", "SCHEDULE", "BATCH", "CALIBRATE_EVERY"]
         if os.environ.get(k)
     )
     command = f"{settings} {sys.argv[2]}".strip()

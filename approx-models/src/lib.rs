@@ -40,6 +40,7 @@ pub use zoo::ModelKind;
 use approx_train::calibration::Calibration;
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
+use candle_core::Tensor;
 
 /// Metadata keys of model files the toolkit writes.
 pub const META_MODEL: &str = "approx.model";
@@ -51,6 +52,10 @@ pub const META_VERSION: &str = "approx.version";
 pub const META_CALIBRATION: &str = "approx.calibration";
 /// The input shape, `CxHxW`.
 pub const META_INPUT: &str = "approx.input";
+/// Name prefix of the tensors that hold each hardware layer's calibrated
+/// fixed-pattern error (`approx.fixed_pattern.LAYER`), beside the parameters. Loading
+/// takes every tensor under the `approx.` prefix as the toolkit's, not a parameter.
+pub const TENSOR_FIXED_PATTERN: &str = "approx.fixed_pattern.";
 
 /// A model's architecture: a built-in one, or one read from a TOML model file.
 #[derive(Debug, Clone, PartialEq)]
@@ -209,6 +214,30 @@ pub fn load(
             l.set_calibration(map.get(l.name()).copied());
         }
     }
+    let file_error = |message: String| LoadError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    // SAFETY: as in `ParamStore::from_file`: read-only, not truncated while mapped.
+    let file = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+        .map_err(|e| file_error(format!("not a valid safetensors file: {e}")))?;
+    for l in model.hw_layers() {
+        let name = format!("{TENSOR_FIXED_PATTERN}{}", l.name());
+        let pattern = match file.get(&name) {
+            Err(_) => None,
+            Ok(view) if view.dtype() != safetensors::Dtype::F32 => {
+                return Err(file_error(format!(
+                    "tensor `{name}` has dtype {:?}, expected f32",
+                    view.dtype()
+                )))
+            }
+            Ok(_) => Some(
+                file.load(&name, &candle_core::Device::Cpu)
+                    .map_err(|e| file_error(format!("tensor `{name}` cannot be read: {e}")))?,
+            ),
+        };
+        l.set_fixed_pattern(pattern);
+    }
     Ok(model)
 }
 
@@ -231,7 +260,8 @@ fn from_store(
 }
 
 /// Saves `model` to `path` (atomically) with its name, hardware, input shape,
-/// calibration and the toolkit version in the metadata.
+/// calibration and the toolkit version in the metadata, and each hardware layer's
+/// fixed-pattern error, if any, as a tensor under [`TENSOR_FIXED_PATTERN`].
 pub fn save(model: &Sequential, path: &Path, hw: &HwMap) -> candle_core::Result<()> {
     let calibration: BTreeMap<String, Calibration> = model
         .hw_layers()
@@ -253,5 +283,16 @@ pub fn save(model: &Sequential, path: &Path, hw: &HwMap) -> candle_core::Result<
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
         ),
     ]);
-    store::save(path, &model.named_vars(), meta)
+    let mut tensors: Vec<(String, Tensor)> = model
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
+    tensors.extend(model.hw_layers().iter().filter_map(|l| {
+        Some((
+            format!("{TENSOR_FIXED_PATTERN}{}", l.name()),
+            l.fixed_pattern()?,
+        ))
+    }));
+    store::save(path, &tensors, meta)
 }

@@ -57,6 +57,10 @@ pub enum Init {
     Const(f32),
 }
 
+/// Name prefix of the tensors the toolkit stores beside a model's parameters (e.g.
+/// calibrated fixed-pattern errors): never a parameter, never "unexpected".
+const TOOLKIT_PREFIX: &str = "approx.";
+
 /// Hands out the parameters of a model being built, by name.
 pub struct ParamStore {
     loaded: Option<(PathBuf, MmapedSafetensors)>,
@@ -178,7 +182,11 @@ impl ParamStore {
                 .tensors()
                 .into_iter()
                 .map(|(n, _)| n)
-                .filter(|n| !self.params.iter().any(|(p, _)| p == n) && !self.ignored.contains(n))
+                .filter(|n| {
+                    !self.params.iter().any(|(p, _)| p == n)
+                        && !self.ignored.contains(n)
+                        && !n.starts_with(TOOLKIT_PREFIX)
+                })
                 .collect();
             unexpected.sort();
             problems.extend(
@@ -198,16 +206,13 @@ impl ParamStore {
     }
 }
 
-/// Saves `vars` to `path` (atomically) with `metadata`.
+/// Saves `tensors` to `path` (atomically) with `metadata`.
 pub fn save(
     path: &Path,
-    vars: &[(String, Var)],
+    tensors: &[(String, Tensor)],
     metadata: BTreeMap<String, String>,
 ) -> candle_core::Result<()> {
-    let tensors: Vec<(&str, &Tensor)> = vars
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_tensor()))
-        .collect();
+    let tensors: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     approx_train::io::write_safetensors(
         path,
         &tensors,

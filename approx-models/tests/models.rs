@@ -48,6 +48,12 @@ fn every_model_runs_forward_and_backward_in_every_mode_and_round_trips() {
                     );
                 }
             }
+            // A real calibration of the first layer (SC and mult: with a fixed
+            // pattern), then other polynomials, all of which must round-trip.
+            net.set_mode(ExecMode::Inject);
+            net.hw_layers()[0].request_calibration();
+            net.forward(&x, true).unwrap();
+            let pattern = net.hw_layers()[0].fixed_pattern().expect("a fixed pattern");
             net.hw_layers()[0].set_calibration(Some(Calibration {
                 bias: [0.01, 0.0, 0.0, 0.0, 0.0, 0.0],
                 std: [0.02; 6],
@@ -66,6 +72,12 @@ fn every_model_runs_forward_and_backward_in_every_mode_and_round_trips() {
                 back.hw_layers()[0].calibration(),
                 net.hw_layers()[0].calibration()
             );
+            let loaded = back.hw_layers()[0].fixed_pattern().expect("pattern loaded");
+            assert_eq!(loaded.dims(), pattern.dims(), "{kind}");
+            assert_eq!(flat(&loaded), flat(&pattern), "{kind}");
+            assert!(back.hw_layers()[1..]
+                .iter()
+                .all(|l| l.fixed_pattern().is_none()));
         }
     }
 }

@@ -9,7 +9,7 @@ use approx_hw::rng::mix;
 use approx_hw::{sc, ErrorModel, HwSpec, Layer, PartialSums};
 use candle_core::{Result, Tensor, Var};
 
-use crate::calibration::{Binning, Calibration, DEGREE};
+use crate::calibration::{fit_with_fixed_pattern, Binning, Calibration, Residuals, DEGREE};
 use crate::mode::ExecMode;
 use crate::polarity::split_polarities;
 use crate::ste::{straight_through, OperandQuantizer, Quantize, Quantizer, StreamQuantizer};
@@ -20,10 +20,12 @@ use crate::tiled::tiled_surrogate;
 const SC_QUANT_BITS: u32 = 7;
 
 /// Mutable state of a layer: mode, calibration and the step that keys its noise.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct LayerState {
     mode: ExecMode,
     calibration: Option<Calibration>,
+    /// The calibrated fixed-pattern error on the layer output, one sample's shape.
+    fixed_pattern: Option<Tensor>,
     calibrate_next: bool,
     binning: Binning,
     step: u64,
@@ -70,6 +72,7 @@ impl HwLayer {
             state: Mutex::new(LayerState {
                 mode,
                 calibration: None,
+                fixed_pattern: None,
                 calibrate_next: false,
                 binning: Binning::Range,
                 step: 0,
@@ -78,7 +81,7 @@ impl HwLayer {
     }
 
     fn state(&self) -> LayerState {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn update(&self, f: impl FnOnce(&mut LayerState)) {
@@ -144,6 +147,19 @@ impl HwLayer {
         self.update(|s| s.calibration = calibration);
     }
 
+    /// The calibrated fixed-pattern error, if any: a constant added to every
+    /// sample's output in `inject` mode, shaped like one sample's output (`[C, H, W]`
+    /// or `[features]`). See [`crate::calibration::fit_with_fixed_pattern`].
+    pub fn fixed_pattern(&self) -> Option<Tensor> {
+        self.state().fixed_pattern
+    }
+
+    /// Sets (or clears) the fixed-pattern error, e.g. when loading a model. It is
+    /// used only together with a calibration.
+    pub fn set_fixed_pattern(&self, pattern: Option<Tensor>) {
+        self.update(|s| s.fixed_pattern = pattern);
+    }
+
     /// Clamps the weight into `lo..=hi` (REX-SC clamps SC weights to `[−1, 0.999]`
     /// after every epoch).
     pub fn clamp_weight(&self, lo: f32, hi: f32) -> Result<()> {
@@ -158,17 +174,22 @@ impl HwLayer {
             ExecMode::Float => self.exact(&x, &w)?,
             ExecMode::ApproxFn => self.approx(&x, &w, None)?,
             ExecMode::Inject => {
-                let calibration = if state.calibrate_next {
-                    let c = self.fit_calibration(&x.detach(), &w.detach())?;
+                let (calibration, pattern) = if state.calibrate_next {
+                    let (c, p) = self.fit_calibration(&x.detach(), &w.detach())?;
                     self.update(|s| {
                         s.calibration = Some(c);
+                        s.fixed_pattern = p.clone();
                         s.calibrate_next = false;
                     });
-                    Some(c)
+                    (Some(c), p)
                 } else {
-                    state.calibration
+                    (state.calibration, state.fixed_pattern)
                 };
-                self.approx(&x, &w, calibration.map(|c| (c, state.step)))?
+                let y = self.approx(&x, &w, calibration.map(|c| (c, state.step)))?;
+                match (calibration, pattern) {
+                    (Some(_), Some(pattern)) => self.with_fixed_pattern(y, &pattern)?,
+                    _ => y,
+                }
             }
             ExecMode::Accurate => {
                 let hardware = self.hardware(&x.detach(), &w.detach(), state.step)?;
@@ -198,6 +219,19 @@ impl HwLayer {
         };
         let (x, w) = self.operands(x, state.mode)?;
         self.with_bias(self.approx(&x, &w, inject)?)
+    }
+
+    /// `y` plus the fixed-pattern error, the same for every sample.
+    fn with_fixed_pattern(&self, y: Tensor, pattern: &Tensor) -> Result<Tensor> {
+        if y.dims().get(1..) != Some(pattern.dims()) {
+            return Err(err(format!(
+                "layer `{}`: its fixed-pattern error has shape {:?}, its outputs {:?} (calibrated for another input size?)",
+                self.name,
+                pattern.dims(),
+                y.dims()
+            )));
+        }
+        y.broadcast_add(&pattern.unsqueeze(0)?)
     }
 
     /// `y` plus the bias, if any (per output channel).
@@ -311,15 +345,18 @@ impl HwLayer {
     /// Fits the bias and std polynomials from the input `x` (detached, quantized as
     /// the hardware sees it): bit-accurate against approximate values of the
     /// injection units (SC: `P/B`, `N/B` against `f_n(s±)`, as REX-SC; other kinds:
-    /// the layer output).
-    fn fit_calibration(&self, x: &Tensor, w: &Tensor) -> Result<Calibration> {
+    /// the layer output). Hardware whose error is a fixed function of its operands
+    /// also gets a fixed-pattern error on the layer output (SC: the positive
+    /// polarity's offsets minus the negative's); analog hardware, whose noise is drawn
+    /// afresh every step, does not.
+    fn fit_calibration(&self, x: &Tensor, w: &Tensor) -> Result<(Calibration, Option<Tensor>)> {
         let flat = |t: Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
         let state = self.state();
         let plain = Surrogate {
             model: self.model,
             injection: None,
         };
-        if let HwSpec::Sc(spec) = &self.hw {
+        let (approx, bit, unit_shape) = if let HwSpec::Sc(spec) = &self.hw {
             let counts = match self.op {
                 Layer::Conv2d(params) => sc::conv2d_counts(x, w, spec, params),
                 Layer::Linear => sc::linear_counts(x, w, spec),
@@ -332,14 +369,42 @@ impl HwLayer {
                     .map(|&c| (f64::from(c) / b) as f32)
                     .collect())
             };
-            let mut bit = to_value(&counts.pos)?;
-            bit.extend(to_value(&counts.neg)?);
-            let mut approx = flat(plain.apply(&self.exact(x, &w.relu()?)?)?)?;
-            approx.extend(flat(plain.apply(&self.exact(x, &w.neg()?.relu()?)?)?)?);
-            return Ok(Calibration::fit(&approx, &bit, state.binning));
+            let approx = vec![
+                flat(plain.apply(&self.exact(x, &w.relu()?)?)?)?,
+                flat(plain.apply(&self.exact(x, &w.neg()?.relu()?)?)?)?,
+            ];
+            let bit = vec![to_value(&counts.pos)?, to_value(&counts.neg)?];
+            (approx, bit, counts.pos.dims()[1..].to_vec())
+        } else {
+            let y = self.hardware(x, w, state.step)?;
+            let approx = vec![flat(self.approx(x, w, None)?)?];
+            (approx, vec![flat(y.clone())?], y.dims()[1..].to_vec())
+        };
+        let groups: Vec<Residuals> = approx
+            .iter()
+            .zip(&bit)
+            .map(|(approx, bit)| Residuals { approx, bit })
+            .collect();
+        if matches!(self.hw, HwSpec::Analog(_)) {
+            let approx = approx.concat();
+            return Ok((
+                Calibration::fit(&approx, &bit.concat(), state.binning),
+                None,
+            ));
         }
-        let bit = flat(self.hardware(x, w, state.step)?)?;
-        let approx = flat(self.approx(x, w, None)?)?;
-        Ok(Calibration::fit(&approx, &bit, state.binning))
+        let units = unit_shape.iter().product();
+        let (cal, patterns) = fit_with_fixed_pattern(&groups, units, state.binning);
+        // The output is the first group (SC: positive polarity) minus the second.
+        let pattern: Vec<f32> = (0..units)
+            .map(|u| {
+                let first = patterns[0][u];
+                let second = patterns.get(1).map_or(0.0, |p| p[u]);
+                (first - second) as f32
+            })
+            .collect();
+        Ok((
+            cal,
+            Some(Tensor::from_vec(pattern, unit_shape, x.device())?),
+        ))
     }
 }

@@ -66,6 +66,13 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Steps between calibrations in `inject` epochs over `images` training images:
+    /// [`TrainConfig::calibrate_every`], or REX-SC's `max(steps per epoch / 5, 100)`.
+    pub fn calibration_period(&self, images: usize) -> u64 {
+        let steps = images.div_ceil(self.batch.max(1)) as u64;
+        self.calibrate_every.unwrap_or((steps / 5).max(100)).max(1)
+    }
+
     /// The toolkit's default recipe (what `approx finetune` and `approx pretrain` use):
     /// Adam with weight decay 1e-4, cosine decay to 1 % of `lr`, label smoothing 0.1,
     /// gradient clipping at 5, no augmentation, no evaluation, no checkpoint file.
@@ -176,6 +183,9 @@ struct TrainState {
 }
 
 const STATE_KEY: &str = "approx.trainer";
+
+/// Checkpoint tensor name prefix of each hardware layer's fixed-pattern error.
+const PATTERN_PREFIX: &str = "fixed_pattern.";
 
 /// Mean cross-entropy of `logits` `[N, C]` against `labels` `[N]` (u32) with label
 /// smoothing `eps` (REX-SC's LabelSmoothLoss), and the number of correct argmaxes.
@@ -360,10 +370,7 @@ pub fn train(
             phases[last].1,
         )
     };
-    let period = config
-        .calibrate_every
-        .unwrap_or((batches as u64 / 5).max(100))
-        .max(1);
+    let period = config.calibration_period(train.len());
     let mut stopped = false;
     'epochs: while state.epoch < config.epochs {
         let epoch = state.epoch;
@@ -515,6 +522,12 @@ fn save_checkpoint(
         .map(|(n, v)| (format!("model.{n}"), v.as_tensor().clone()))
         .collect();
     tensors.extend(optim.into_iter().map(|(n, t)| (format!("optim.{n}"), t)));
+    tensors.extend(
+        model
+            .hw_layers()
+            .iter()
+            .filter_map(|l| Some((format!("{PATTERN_PREFIX}{}", l.name()), l.fixed_pattern()?))),
+    );
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let meta = HashMap::from([(
         STATE_KEY.to_string(),
@@ -588,6 +601,7 @@ fn load_checkpoint(
             .find(|(n, _)| n == l.name())
             .and_then(|(_, c)| *c);
         l.set_calibration(cal);
+        l.set_fixed_pattern(get(&format!("{PATTERN_PREFIX}{}", l.name())));
     }
     Ok(state)
 }

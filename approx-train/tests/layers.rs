@@ -7,7 +7,6 @@ use approx_train::calibration::Calibration;
 use approx_train::layer::HwLayer;
 use approx_train::mode::ExecMode;
 use approx_train::ste::Quantize;
-use approx_train::surrogate::{Injection, Surrogate};
 use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -204,26 +203,11 @@ fn binned(reference: &[f32], value: &[f32]) -> Vec<(usize, f64, f64)> {
         .collect()
 }
 
-#[test]
-fn injected_error_matches_the_bit_accurate_residual_on_an_sc_layer() {
-    // TinyConv's conv2 shape at batch 16: 32→32, 5x5, padding 2, on 16x16 inputs.
-    let spec: HwSpec = "sc:len=32,acc=or2".parse().unwrap();
-    let HwSpec::Sc(sc) = spec.clone() else {
-        unreachable!()
-    };
-    let params = Conv2dParams::new(1, 2);
-    let weight = Var::from_tensor(&tensor(&[32, 32, 5, 5], 11, -0.15, 0.15)).unwrap();
-    let layer = HwLayer::new(
-        "conv2",
-        Layer::Conv2d(params),
-        weight.clone(),
-        None,
-        spec,
-        ExecMode::Inject,
-    )
-    .unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(12);
-    let x: Vec<f32> = (0..16 * 32 * 16 * 16)
+/// Post-ReLU-like SC inputs: half zeros, the rest uniform in `[0, 0.6)`.
+fn sparse_input(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n = shape.0 * shape.1 * shape.2 * shape.3;
+    let x: Vec<f32> = (0..n)
         .map(|_| {
             if rng.random_bool(0.5) {
                 0.0
@@ -232,57 +216,51 @@ fn injected_error_matches_the_bit_accurate_residual_on_an_sc_layer() {
             }
         })
         .collect();
-    let x = Tensor::from_vec(x, (16, 32, 16, 16), &Device::Cpu).unwrap();
-    layer.request_calibration();
-    layer.forward(&x).unwrap();
-    let calibration = layer.calibration().expect("calibrated");
-    // The injection units as the layer sees them: P/B and N/B (bit-accurate) against
-    // f_2(s±) of the quantized operands (approximate), and the injected f_2(s±).
-    let q = approx_train::ste::Quantizer { bits: 7 };
-    let stream = |t: &Tensor, signed| {
-        approx_train::ste::StreamQuantizer { len: 32, signed }
-            .apply(&q.apply(t).unwrap())
-            .unwrap()
-    };
-    let (xq, wq) = (stream(&x, false), stream(&weight, true));
-    let counts = approx_hw::sc::conv2d_counts(&xq, &wq, &sc, params).unwrap();
-    let model = approx_hw::ErrorModel::OrN { n: 2 };
-    let mut bit = Vec::new();
-    let mut approx = Vec::new();
-    let mut injected = Vec::new();
-    for (unit, (w, c)) in [
-        (wq.relu().unwrap(), &counts.pos),
-        (wq.neg().unwrap().relu().unwrap(), &counts.neg),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let s = approx_train::conv::conv2d(&xq, &w, params).unwrap();
-        approx.extend(flat(
-            &Surrogate {
-                model,
-                injection: None,
-            }
-            .apply(&s)
-            .unwrap(),
-        ));
-        injected.extend(flat(
-            &Surrogate {
-                model,
-                injection: Some(Injection {
-                    calibration,
-                    seed: unit as u64,
-                }),
-            }
-            .apply(&s)
-            .unwrap(),
-        ));
-        bit.extend(
-            flat(&c.to_dtype(candle_core::DType::F32).unwrap())
-                .iter()
-                .map(|v| v / 32.0),
-        );
+    Tensor::from_vec(x, shape, &Device::Cpu).unwrap()
+}
+
+/// Per unit (element of one sample), the mean over the samples of `value − reference`.
+fn unit_means(reference: &[f32], value: &[f32], units: usize) -> Vec<f64> {
+    let mut sum = vec![0f64; units];
+    for (i, (&r, &v)) in reference.iter().zip(value).enumerate() {
+        sum[i % units] += f64::from(v - r);
     }
+    let samples = (reference.len() / units) as f64;
+    sum.iter().map(|s| s / samples).collect()
+}
+
+/// The injected error model of a real SC layer (the calibrated polynomials per
+/// polarity and the fixed pattern on the output), calibrated on one batch and
+/// measured on another: per bin of the approximation's output, the injected
+/// residual's mean and std match the bit-accurate residual's within 10 %, and per
+/// output unit its mean follows the bit-accurate one's (which noise alone cannot).
+#[test]
+fn injected_error_matches_the_bit_accurate_residual_on_an_sc_layer() {
+    // TinyConv's conv2 shape at batch 32: 32→32, 5x5, padding 2, on 16x16 inputs.
+    let spec: HwSpec = "sc:len=32,acc=or2".parse().unwrap();
+    let params = Conv2dParams::new(1, 2);
+    let weight = Var::from_tensor(&tensor(&[32, 32, 5, 5], 11, -0.15, 0.15)).unwrap();
+    let layer = HwLayer::new(
+        "conv2",
+        Layer::Conv2d(params),
+        weight,
+        None,
+        spec,
+        ExecMode::Inject,
+    )
+    .unwrap();
+    layer.request_calibration();
+    layer.forward(&sparse_input((32, 32, 16, 16), 12)).unwrap();
+    let pattern = layer.fixed_pattern().expect("a fixed pattern");
+    assert_eq!(pattern.dims(), &[32, 16, 16]);
+    let x = sparse_input((32, 32, 16, 16), 13);
+    let output = |mode| {
+        layer.set_mode(mode);
+        flat(&layer.forward(&x).unwrap())
+    };
+    let approx = output(ExecMode::ApproxFn);
+    let bit = output(ExecMode::Accurate);
+    let injected = output(ExecMode::Inject);
     let (want, got) = (binned(&approx, &bit), binned(&approx, &injected));
     let spread = want.iter().map(|b| b.2).fold(0f64, f64::max);
     for (i, (w, g)) in want.iter().zip(&got).enumerate() {
@@ -302,6 +280,29 @@ fn injected_error_matches_the_bit_accurate_residual_on_an_sc_layer() {
             w.2
         );
     }
+    let units = 32 * 16 * 16;
+    let want = unit_means(&approx, &bit, units);
+    let mismatch = |value: &[f32]| -> f64 {
+        let got = unit_means(&approx, value, units);
+        got.iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).powi(2))
+            .sum::<f64>()
+            / units as f64
+    };
+    // Per unit, without the noise (whose 16-sample means would blur the comparison).
+    let calibration = layer.calibration().expect("calibrated");
+    layer.set_calibration(Some(Calibration {
+        std: [0.0; 6],
+        ..calibration
+    }));
+    let with = mismatch(&output(ExecMode::Inject));
+    layer.set_fixed_pattern(None);
+    let without = mismatch(&output(ExecMode::Inject));
+    assert!(
+        with < 0.6 * without,
+        "per-unit mean error: {with} with the fixed pattern, {without} without"
+    );
 }
 
 fn flat(t: &Tensor) -> Vec<f32> {

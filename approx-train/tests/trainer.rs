@@ -208,6 +208,8 @@ fn stopped_and_resumed_run_equals_the_uninterrupted_run() {
             assert_eq!(weights(&fresh), weights(&full));
             for (a, b) in fresh.hw_layers().iter().zip(full.hw_layers()) {
                 assert_eq!(a.calibration(), b.calibration());
+                let pattern = |l: &HwLayer| l.fixed_pattern().map(|p| flat(&p));
+                assert_eq!(pattern(a), pattern(b));
             }
         }
     }
@@ -229,4 +231,8 @@ fn stopped_and_resumed_run_equals_the_uninterrupted_run() {
         err.contains("other settings") && err.contains("epochs=3") && err.contains("epochs=4"),
         "{err}"
     );
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
 }

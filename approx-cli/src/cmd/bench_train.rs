@@ -60,6 +60,9 @@ pub struct Args {
 struct RunRecord {
     schedule: String,
     checkpoint_segments: usize,
+    /// Training steps between calibrations in `inject` epochs (each also calibrates
+    /// at its first step).
+    calibrate_every: u64,
     wall_seconds: f64,
     /// Peak resident memory of the process that ran it (data, model, training and the
     /// final evaluation), bytes.
@@ -243,13 +246,14 @@ fn measure(
     let mut model = build(args, Some(start), train_set, hw, ExecMode::Float)?;
     let (phases, segments) = plan(args, label, model.hw_layers().len())?;
     model.set_checkpoint_segments(segments);
-    let cfg = train_config(
+    let mut cfg = train_config(
         (args.train.batch, args.train.seed, None),
         args.train.epochs,
         phases.clone(),
         args.train.lr,
         args.out.join(format!("{label}-checkpoint.safetensors")),
     );
+    cfg.calibrate_every = args.train.calibrate_every;
     let mut bars = TrainProgress::new("run");
     let outcome = train(&model, train_set, None, &cfg, false, &STOP, &mut |e| {
         bars.on_event(e)
@@ -262,6 +266,7 @@ fn measure(
     Ok(RunRecord {
         schedule: phases.to_string(),
         checkpoint_segments: segments,
+        calibrate_every: cfg.calibration_period(train_set.len()),
         wall_seconds,
         peak_rss_bytes: peak_rss_bytes(),
         hw_accuracy,

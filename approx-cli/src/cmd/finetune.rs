@@ -190,6 +190,7 @@ fn job(
         args.out.join("finetune-checkpoint.safetensors"),
     );
     cfg.eval_mode = Some(ExecMode::Accurate);
+    cfg.calibrate_every = args.train.calibrate_every;
     let mut finetune_bars = TrainProgress::new("fine-tune");
     let out = train(
         &model,

@@ -26,6 +26,11 @@ pub struct FinetuneArgs {
     /// Learning rate of fine-tuning (Adam, cosine decay).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// Training steps between calibrations of the injected error in `inject` epochs
+    /// (each `inject` epoch also calibrates at its first step); default REX-SC's
+    /// `max(steps per epoch / 5, 100)`.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub calibrate_every: Option<u64>,
     /// Seed of initialisation, data order, augmentation and noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
