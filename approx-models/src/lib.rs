@@ -52,10 +52,18 @@ pub const META_VERSION: &str = "approx.version";
 pub const META_CALIBRATION: &str = "approx.calibration";
 /// The input shape, `CxHxW`.
 pub const META_INPUT: &str = "approx.input";
-/// Name prefix of the tensors that hold each hardware layer's calibrated
-/// fixed-pattern error (`approx.fixed_pattern.LAYER`), beside the parameters. Loading
-/// takes every tensor under the `approx.` prefix as the toolkit's, not a parameter.
-pub const TENSOR_FIXED_PATTERN: &str = "approx.fixed_pattern.";
+/// Each hardware layer's calibrated fixed-pattern error, JSON: `{LAYER: {"shape":
+/// [...], "values": [...]}}`. Metadata rather than tensors, so that the file's
+/// tensors stay exactly the model's PyTorch-named parameters (a strict
+/// `load_state_dict` takes them as they are).
+pub const META_FIXED_PATTERN: &str = "approx.fixed_pattern";
+
+/// A fixed-pattern error as [`META_FIXED_PATTERN`] stores it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StoredPattern {
+    shape: Vec<usize>,
+    values: Vec<f32>,
+}
 
 /// A model's architecture: a built-in one, or one read from a TOML model file.
 #[derive(Debug, Clone, PartialEq)]
@@ -214,29 +222,30 @@ pub fn load(
             l.set_calibration(map.get(l.name()).copied());
         }
     }
-    let file_error = |message: String| LoadError::File {
-        path: path.to_path_buf(),
-        message,
-    };
-    // SAFETY: as in `ParamStore::from_file`: read-only, not truncated while mapped.
-    let file = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
-        .map_err(|e| file_error(format!("not a valid safetensors file: {e}")))?;
-    for l in model.hw_layers() {
-        let name = format!("{TENSOR_FIXED_PATTERN}{}", l.name());
-        let pattern = match file.get(&name) {
-            Err(_) => None,
-            Ok(view) if view.dtype() != safetensors::Dtype::F32 => {
-                return Err(file_error(format!(
-                    "tensor `{name}` has dtype {:?}, expected f32",
-                    view.dtype()
-                )))
-            }
-            Ok(_) => Some(
-                file.load(&name, &candle_core::Device::Cpu)
-                    .map_err(|e| file_error(format!("tensor `{name}` cannot be read: {e}")))?,
-            ),
+    if let Some(json) = meta.get(META_FIXED_PATTERN) {
+        let bad = |message: String| LoadError::File {
+            path: path.to_path_buf(),
+            message: format!("bad `{META_FIXED_PATTERN}` metadata: {message}"),
         };
-        l.set_fixed_pattern(pattern);
+        let map: BTreeMap<String, StoredPattern> =
+            serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        for l in model.hw_layers() {
+            let pattern = match map.get(l.name()) {
+                None => None,
+                Some(p) => Some(
+                    Tensor::from_slice(&p.values, p.shape.as_slice(), &candle_core::Device::Cpu)
+                        .map_err(|_| {
+                            bad(format!(
+                                "layer `{}`: {} values for shape {:?}",
+                                l.name(),
+                                p.values.len(),
+                                p.shape
+                            ))
+                        })?,
+                ),
+            };
+            l.set_fixed_pattern(pattern);
+        }
     }
     Ok(model)
 }
@@ -260,14 +269,26 @@ fn from_store(
 }
 
 /// Saves `model` to `path` (atomically) with its name, hardware, input shape,
-/// calibration and the toolkit version in the metadata, and each hardware layer's
-/// fixed-pattern error, if any, as a tensor under [`TENSOR_FIXED_PATTERN`].
+/// calibration (polynomials and fixed patterns) and the toolkit version in the
+/// metadata.
 pub fn save(model: &Sequential, path: &Path, hw: &HwMap) -> candle_core::Result<()> {
     let calibration: BTreeMap<String, Calibration> = model
         .hw_layers()
         .iter()
         .filter_map(|l| Some((l.name().to_string(), l.calibration()?)))
         .collect();
+    let patterns = model
+        .hw_layers()
+        .iter()
+        .filter_map(|l| {
+            let p = l.fixed_pattern()?;
+            let values = p.flatten_all().and_then(|t| t.to_vec1::<f32>());
+            Some(values.map(|values| {
+                let shape = p.dims().to_vec();
+                (l.name().to_string(), StoredPattern { shape, values })
+            }))
+        })
+        .collect::<candle_core::Result<BTreeMap<_, _>>>()?;
     let (c, h, w) = model.input_shape();
     let meta = BTreeMap::from([
         (META_MODEL.to_string(), model.name().to_string()),
@@ -282,17 +303,10 @@ pub fn save(model: &Sequential, path: &Path, hw: &HwMap) -> candle_core::Result<
             serde_json::to_string(&calibration)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
         ),
+        (
+            META_FIXED_PATTERN.to_string(),
+            serde_json::to_string(&patterns).map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+        ),
     ]);
-    let mut tensors: Vec<(String, Tensor)> = model
-        .named_vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().clone()))
-        .collect();
-    tensors.extend(model.hw_layers().iter().filter_map(|l| {
-        Some((
-            format!("{TENSOR_FIXED_PATTERN}{}", l.name()),
-            l.fixed_pattern()?,
-        ))
-    }));
-    store::save(path, &tensors, meta)
+    store::save(path, &model.named_vars(), meta)
 }

@@ -57,10 +57,6 @@ pub enum Init {
     Const(f32),
 }
 
-/// Name prefix of the tensors the toolkit stores beside a model's parameters (e.g.
-/// calibrated fixed-pattern errors): never a parameter, never "unexpected".
-const TOOLKIT_PREFIX: &str = "approx.";
-
 /// Hands out the parameters of a model being built, by name.
 pub struct ParamStore {
     loaded: Option<(PathBuf, MmapedSafetensors)>,
@@ -182,11 +178,7 @@ impl ParamStore {
                 .tensors()
                 .into_iter()
                 .map(|(n, _)| n)
-                .filter(|n| {
-                    !self.params.iter().any(|(p, _)| p == n)
-                        && !self.ignored.contains(n)
-                        && !n.starts_with(TOOLKIT_PREFIX)
-                })
+                .filter(|n| !self.params.iter().any(|(p, _)| p == n) && !self.ignored.contains(n))
                 .collect();
             unexpected.sort();
             problems.extend(
@@ -206,13 +198,16 @@ impl ParamStore {
     }
 }
 
-/// Saves `tensors` to `path` (atomically) with `metadata`.
+/// Saves `vars` to `path` (atomically) with `metadata`.
 pub fn save(
     path: &Path,
-    tensors: &[(String, Tensor)],
+    vars: &[(String, Var)],
     metadata: BTreeMap<String, String>,
 ) -> candle_core::Result<()> {
-    let tensors: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let tensors: Vec<(&str, &Tensor)> = vars
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_tensor()))
+        .collect();
     approx_train::io::write_safetensors(
         path,
         &tensors,

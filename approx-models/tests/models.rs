@@ -72,6 +72,10 @@ fn every_model_runs_forward_and_backward_in_every_mode_and_round_trips() {
                 back.hw_layers()[0].calibration(),
                 net.hw_layers()[0].calibration()
             );
+            // The file's tensors are the parameters alone (PyTorch names).
+            let bytes = std::fs::read(&path).unwrap();
+            let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            assert_eq!(file.names().len(), net.named_vars().len(), "{kind}");
             let loaded = back.hw_layers()[0].fixed_pattern().expect("pattern loaded");
             assert_eq!(loaded.dims(), pattern.dims(), "{kind}");
             assert_eq!(flat(&loaded), flat(&pattern), "{kind}");
@@ -432,4 +436,45 @@ fn vit_attention_matmuls_are_exact_unless_a_map_names_them() {
         flat(&net.forward(&x, false).unwrap()),
         flat(&with_matmuls.forward(&x, false).unwrap())
     );
+}
+
+/// A fixed pattern whose values do not fill its shape is refused, naming the file,
+/// the metadata key and the layer.
+#[test]
+fn a_malformed_fixed_pattern_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = (1, 28, 28);
+    let hw = HwMap::All("sc:len=16".parse().unwrap());
+    let net = build(ModelKind::Mlp, shape, 10, &hw, ExecMode::Float, 1).unwrap();
+    let vars = net.named_vars();
+    let tensors: Vec<(&str, &Tensor)> = vars
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_tensor()))
+        .collect();
+    let path = dir.path().join("pattern.safetensors");
+    let meta = std::collections::HashMap::from([(
+        "approx.fixed_pattern".to_string(),
+        r#"{"fc1": {"shape": [256], "values": [0.5, 0.25]}}"#.to_string(),
+    )]);
+    approx_train::io::write_safetensors(&path, &tensors, meta).unwrap();
+    let err = load(
+        ModelKind::Mlp,
+        &path,
+        shape,
+        10,
+        &hw,
+        ExecMode::Float,
+        false,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    for needle in [
+        "pattern.safetensors",
+        "approx.fixed_pattern",
+        "layer `fc1`",
+        "2 values for shape [256]",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+    }
 }
