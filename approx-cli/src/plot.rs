@@ -28,6 +28,9 @@ pub struct LayerProfile {
     pub hw: HwSpec,
     /// The calibration the last `inject` epoch fitted, if any.
     pub calibration: Option<Calibration>,
+    /// Root mean square over the output units of the calibrated fixed-pattern error,
+    /// in layer-output units, if the calibration has one.
+    pub fixed_pattern_rms: Option<f64>,
 }
 
 /// What the learning curves show.
@@ -233,7 +236,8 @@ fn draw_legend<'a, 'b: 'a>(
 }
 
 /// Draws each layer's calibrated error model to `path`: `bias(x)` and the band
-/// `bias(x) ± std(x)` over the range of approximation values the fit saw.
+/// `bias(x) ± std(x)` over the range of approximation values the fit saw, with the
+/// size of the fixed-pattern error (which the std leaves out) in the legend.
 pub fn error_profile(path: &Path, layers: &[LayerProfile]) -> Result<()> {
     let cols = layers.len().clamp(1, 3);
     let rows = layers.len().div_ceil(cols).max(1);
@@ -308,6 +312,14 @@ fn profile_panel(area: &DrawingArea<BitMapBackend, Shift>, layer: &LayerProfile)
         .map_err(plot_err)?
         .label("bias")
         .legend(legend_line(BLUE.stroke_width(2)));
+    if let Some(rms) = layer.fixed_pattern_rms {
+        // A legend line only: the pattern is per unit, not a function of x.
+        chart
+            .draw_series(std::iter::empty::<PathElement<(f64, f64)>>())
+            .map_err(plot_err)?
+            .label(format!("fixed pattern: rms {rms:.3} per output"))
+            .legend(legend_line(WHITE.stroke_width(1)));
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))

@@ -35,6 +35,72 @@ pub enum Binning {
     Range,
 }
 
+/// What a calibration fits: the error model that `inject` epochs train against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CalibrationScheme {
+    /// Bias and std polynomials binned over the approximation's range, plus the
+    /// fixed pattern ([`fit_with_fixed_pattern`]) on hardware whose error is a fixed
+    /// function of its operands. The default.
+    #[default]
+    FixedPattern,
+    /// The polynomials alone, binned over the approximation's range: every error that
+    /// is not a function of the approximate value is injected as fresh noise.
+    Polynomials,
+    /// REX-SC's calibration as published: its binning ([`Binning::RexSc`]), the
+    /// polynomials alone. For reproducing the paper.
+    RexSc,
+}
+
+impl CalibrationScheme {
+    /// Every scheme, in the order the docs list them.
+    pub const ALL: [CalibrationScheme; 3] = [
+        CalibrationScheme::FixedPattern,
+        CalibrationScheme::Polynomials,
+        CalibrationScheme::RexSc,
+    ];
+
+    /// The name as written on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            CalibrationScheme::FixedPattern => "fixed-pattern",
+            CalibrationScheme::Polynomials => "polynomials",
+            CalibrationScheme::RexSc => "rex-sc",
+        }
+    }
+
+    /// How this scheme bins residuals.
+    pub fn binning(self) -> Binning {
+        match self {
+            CalibrationScheme::RexSc => Binning::RexSc,
+            _ => Binning::Range,
+        }
+    }
+
+    /// Whether this scheme fits a fixed pattern (where the hardware has one).
+    pub fn fits_fixed_pattern(self) -> bool {
+        self == CalibrationScheme::FixedPattern
+    }
+}
+
+impl std::fmt::Display for CalibrationScheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for CalibrationScheme {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        CalibrationScheme::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                format!("unknown calibration scheme `{s}`: expected `fixed-pattern`, `polynomials` or `rex-sc`")
+            })
+    }
+}
+
 fn eval(c: &[f64; DEGREE + 1], x: f64) -> f64 {
     c.iter().rev().fold(0.0, |acc, &k| acc * x + k)
 }

@@ -9,7 +9,9 @@ use approx_hw::rng::mix;
 use approx_hw::{sc, ErrorModel, HwSpec, Layer, PartialSums};
 use candle_core::{Result, Tensor, Var};
 
-use crate::calibration::{fit_with_fixed_pattern, Binning, Calibration, Residuals, DEGREE};
+use crate::calibration::{
+    fit_with_fixed_pattern, Calibration, CalibrationScheme, Residuals, DEGREE,
+};
 use crate::mode::ExecMode;
 use crate::polarity::split_polarities;
 use crate::ste::{straight_through, OperandQuantizer, Quantize, Quantizer, StreamQuantizer};
@@ -27,7 +29,7 @@ struct LayerState {
     /// The calibrated fixed-pattern error on the layer output, one sample's shape.
     fixed_pattern: Option<Tensor>,
     calibrate_next: bool,
-    binning: Binning,
+    scheme: CalibrationScheme,
     step: u64,
 }
 
@@ -74,7 +76,7 @@ impl HwLayer {
                 calibration: None,
                 fixed_pattern: None,
                 calibrate_next: false,
-                binning: Binning::Range,
+                scheme: CalibrationScheme::default(),
                 step: 0,
             }),
         })
@@ -129,12 +131,12 @@ impl HwLayer {
         self.update(|s| s.calibrate_next = true);
     }
 
-    /// How calibration bins residuals. The default, [`Binning::Range`], bins over the
-    /// approximation's range; [`Binning::RexSc`] is REX-SC's scheme, which fits no
-    /// bias unless all 30 of its bins (up to the largest bit-accurate value) are
-    /// populated, and so often injects noise without the systematic error.
-    pub fn set_binning(&self, binning: Binning) {
-        self.update(|s| s.binning = binning);
+    /// What calibration fits (default [`CalibrationScheme::FixedPattern`]).
+    /// [`CalibrationScheme::RexSc`] is REX-SC's scheme, which fits no bias unless all
+    /// 30 of its bins (up to the largest bit-accurate value) are populated, and so
+    /// often injects noise without the systematic error.
+    pub fn set_calibration_scheme(&self, scheme: CalibrationScheme) {
+        self.update(|s| s.scheme = scheme);
     }
 
     /// The calibrated error, if any.
@@ -345,10 +347,10 @@ impl HwLayer {
     /// Fits the bias and std polynomials from the input `x` (detached, quantized as
     /// the hardware sees it): bit-accurate against approximate values of the
     /// injection units (SC: `P/B`, `N/B` against `f_n(s±)`, as REX-SC; other kinds:
-    /// the layer output). Hardware whose error is a fixed function of its operands
-    /// also gets a fixed-pattern error on the layer output (SC: the positive
-    /// polarity's offsets minus the negative's); analog hardware, whose noise is drawn
-    /// afresh every step, does not.
+    /// the layer output). Under [`CalibrationScheme::FixedPattern`], hardware whose
+    /// error is a fixed function of its operands also gets a fixed-pattern error on
+    /// the layer output (SC: the positive polarity's offsets minus the negative's);
+    /// analog hardware, whose noise is drawn afresh every step, does not.
     fn fit_calibration(&self, x: &Tensor, w: &Tensor) -> Result<(Calibration, Option<Tensor>)> {
         let flat = |t: Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
         let state = self.state();
@@ -385,15 +387,13 @@ impl HwLayer {
             .zip(&bit)
             .map(|(approx, bit)| Residuals { approx, bit })
             .collect();
-        if matches!(self.hw, HwSpec::Analog(_)) {
+        let binning = state.scheme.binning();
+        if matches!(self.hw, HwSpec::Analog(_)) || !state.scheme.fits_fixed_pattern() {
             let approx = approx.concat();
-            return Ok((
-                Calibration::fit(&approx, &bit.concat(), state.binning),
-                None,
-            ));
+            return Ok((Calibration::fit(&approx, &bit.concat(), binning), None));
         }
         let units = unit_shape.iter().product();
-        let (cal, patterns) = fit_with_fixed_pattern(&groups, units, state.binning);
+        let (cal, patterns) = fit_with_fixed_pattern(&groups, units, binning);
         // The output is the first group (SC: positive polarity) minus the second.
         let pattern: Vec<f32> = (0..units)
             .map(|u| {

@@ -3,6 +3,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
+use crate::calibration::CalibrationScheme;
 use crate::layer::HwLayer;
 use crate::mode::ExecMode;
 
@@ -37,6 +38,13 @@ pub trait Model: Send + Sync {
     fn set_mode(&self, mode: ExecMode) {
         for l in self.hw_layers() {
             l.set_mode(mode);
+        }
+    }
+
+    /// Sets what every hardware layer's calibration fits.
+    fn set_calibration_scheme(&self, scheme: CalibrationScheme) {
+        for l in self.hw_layers() {
+            l.set_calibration_scheme(scheme);
         }
     }
 }

@@ -3,7 +3,7 @@
 //! gradient, and calibration on a real SC layer.
 
 use approx_hw::{Conv2dParams, HwSpec, Layer};
-use approx_train::calibration::Calibration;
+use approx_train::calibration::{Calibration, CalibrationScheme};
 use approx_train::layer::HwLayer;
 use approx_train::mode::ExecMode;
 use approx_train::ste::Quantize;
@@ -108,6 +108,34 @@ fn approx_fn_and_inject_gradients_match_finite_differences() {
         check_gradients(hw, ExecMode::ApproxFn, None);
         check_gradients(hw, ExecMode::Inject, Some(test_calibration()));
     }
+}
+
+/// Which calibrations carry a fixed pattern: the `fixed-pattern` scheme's, on every
+/// kind but analog (whose noise is redrawn every step), shaped like one sample's
+/// output; the other schemes fit the polynomials alone.
+#[test]
+fn fixed_patterns_follow_the_scheme_and_the_hardware() {
+    for hw in ["sc:len=32,acc=or2", "mult:design=drum4", "fxp", "analog"] {
+        for scheme in CalibrationScheme::ALL {
+            let (layer, x) = conv_layer(hw, ExecMode::Inject);
+            layer.set_calibration_scheme(scheme);
+            layer.request_calibration();
+            let y = layer.forward(&x).unwrap();
+            assert!(layer.calibration().is_some(), "{hw} {scheme}");
+            let pattern = layer.fixed_pattern();
+            let want = scheme == CalibrationScheme::FixedPattern && !hw.starts_with("analog");
+            assert_eq!(pattern.is_some(), want, "{hw} {scheme}");
+            if let Some(p) = pattern {
+                assert_eq!(p.dims(), &y.dims()[1..], "{hw}");
+            }
+        }
+    }
+    assert_eq!("rex-sc".parse(), Ok(CalibrationScheme::RexSc));
+    let err = "rexsc".parse::<CalibrationScheme>().unwrap_err();
+    assert!(
+        err.contains("`rexsc`") && err.contains("`fixed-pattern`"),
+        "{err}"
+    );
 }
 
 #[test]

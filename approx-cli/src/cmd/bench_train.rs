@@ -63,6 +63,8 @@ struct RunRecord {
     /// Training steps between calibrations in `inject` epochs (each also calibrates
     /// at its first step).
     calibrate_every: u64,
+    /// What the calibrations fit (`fixed-pattern`, `polynomials` or `rex-sc`).
+    calibration: String,
     wall_seconds: f64,
     /// Peak resident memory of the process that ran it (data, model, training and the
     /// final evaluation), bytes.
@@ -246,6 +248,7 @@ fn measure(
     let mut model = build(args, Some(start), train_set, hw, ExecMode::Float)?;
     let (phases, segments) = plan(args, label, model.hw_layers().len())?;
     model.set_checkpoint_segments(segments);
+    model.set_calibration_scheme(args.train.calibration);
     let mut cfg = train_config(
         (args.train.batch, args.train.seed, None),
         args.train.epochs,
@@ -267,6 +270,7 @@ fn measure(
         schedule: phases.to_string(),
         checkpoint_segments: segments,
         calibrate_every: cfg.calibration_period(train_set.len()),
+        calibration: args.train.calibration.to_string(),
         wall_seconds,
         peak_rss_bytes: peak_rss_bytes(),
         hw_accuracy,

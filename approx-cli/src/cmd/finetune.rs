@@ -60,6 +60,8 @@ struct Report {
     hw: String,
     data: String,
     schedule: String,
+    /// What the calibrations of `inject` epochs fit.
+    calibration: String,
     seed: u64,
     epochs: usize,
     pretrain_epochs: usize,
@@ -191,6 +193,7 @@ fn job(
     );
     cfg.eval_mode = Some(ExecMode::Accurate);
     cfg.calibrate_every = args.train.calibrate_every;
+    model.set_calibration_scheme(args.train.calibration);
     let mut finetune_bars = TrainProgress::new("fine-tune");
     let out = train(
         &model,
@@ -218,6 +221,7 @@ fn job(
         hw: hw.to_string(),
         data: args.data.data.to_string(),
         schedule: args.train.schedule.to_string(),
+        calibration: args.train.calibration.to_string(),
         seed: args.train.seed,
         epochs: args.train.epochs,
         pretrain_epochs: if args.model.weights.is_none() {
@@ -244,15 +248,22 @@ fn job(
         },
     )?;
     let profile = args.out.join("error-profile.png");
-    let layers: Vec<LayerProfile> = model
+    let layers = model
         .hw_layers()
         .iter()
-        .map(|l| LayerProfile {
-            name: l.name().to_string(),
-            hw: l.hw().clone(),
-            calibration: l.calibration(),
+        .map(|l| {
+            let rms = l
+                .fixed_pattern()
+                .map(|p| p.sqr()?.mean_all()?.sqrt()?.to_scalar::<f32>())
+                .transpose()?;
+            Ok(LayerProfile {
+                name: l.name().to_string(),
+                hw: l.hw().clone(),
+                calibration: l.calibration(),
+                fixed_pattern_rms: rms.map(f64::from),
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     plot::error_profile(&profile, &layers)?;
     println!("{:<28} {:>10}", "model", report.model);
     println!("{:<28} {:>10}", "hardware", report.hw);

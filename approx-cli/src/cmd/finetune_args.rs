@@ -1,5 +1,6 @@
 //! The fine-tuning options `approx finetune` and `approx bench train` share.
 
+use approx_train::calibration::CalibrationScheme;
 use approx_train::schedule::Phases;
 
 /// Epochs, schedule, batch, learning rates and seed of a fine-tune, and of the float
@@ -31,6 +32,12 @@ pub struct FinetuneArgs {
     /// `max(steps per epoch / 5, 100)`.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub calibrate_every: Option<u64>,
+    /// What calibration fits for `inject` epochs: `fixed-pattern` (bias and std
+    /// polynomials of the approximate value, plus each output unit's fixed error on
+    /// SC, multiplier and fixed-point hardware), `polynomials` (the polynomials alone)
+    /// or `rex-sc` (REX-SC's binning, the polynomials alone: the paper's injection).
+    #[arg(long, default_value = "fixed-pattern")]
+    pub calibration: CalibrationScheme,
     /// Seed of initialisation, data order, augmentation and noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
