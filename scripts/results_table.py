@@ -242,7 +242,13 @@ def summary(facts):
         "long run (20 of 100 epochs) bit-accurately; here half of a 2-epoch run is, and the "
         "first bit-accurate epoch is where most of the accuracy comes back. Near the 0.5-point "
         "line the rule is below what one run resolves: on 2,000 test images an accuracy near "
-        "90 % has a standard error of 0.67 points, and a row's two runs take different paths.",
+        "90 % has a standard error of 0.67 points, and a row's two runs take different paths. "
+        "The LeNet-5 rows rerun with seeds 1-3 (`approx bench train`, the same settings and "
+        "float weights, `--seed N`) give accelerated − baseline of 0.00, −0.15 and −0.05 points "
+        "on `sc:len=64,acc=or2` (seed 0 above: −0.50; mean of the four −0.18), −0.25, 0.00 and "
+        "−1.80 on `sc:len=32,acc=or1` (mean −0.95), −0.65, −0.60 and −1.30 on "
+        "`sc:len=64,acc=or1` (mean −0.95): a shortfall of about a point on OR-1 that one seed "
+        "can hide or double.",
         "",
     ])
 
