@@ -9,7 +9,9 @@
 # Settings (environment; defaults in brackets): TRAIN_IMAGES [all 60,000] fine-tuning
 # images, PRETRAIN_IMAGES [all] float pretraining images, TEST_IMAGES [all 10,000],
 # PRETRAIN_EPOCHS [2], EPOCHS [2], SCHEDULE [inject:1,accurate:1], BATCH [64],
-# CALIBRATE_EVERY [REX-SC's max(steps per epoch / 5, 100)] steps between calibrations, MODELS
+# CALIBRATE_EVERY [REX-SC's max(steps per epoch / 5, 100)] steps between calibrations,
+# TUNE_LR [none: one cosine decay over the run] learning rate each later phase restarts
+# Adam at, MODELS
 # [tinyconv/fashion-mnist tinyconv/mnist lenet5/mnist], HWS [the eight below]. Every
 # finished row is kept in RUNS as JSON and skipped when the script runs again, so an
 # interrupted run resumes; delete RUNS to start afresh. The table is written from
@@ -29,8 +31,9 @@ pretrain_epochs=${PRETRAIN_EPOCHS:-2}
 epochs=${EPOCHS:-2}
 schedule=${SCHEDULE:-inject:1,accurate:1}
 batch=${BATCH:-64}
-calibrate=()
-[ -n "${CALIBRATE_EVERY:-}" ] && calibrate=(--calibrate-every "$CALIBRATE_EVERY")
+tuning=()
+[ -n "${CALIBRATE_EVERY:-}" ] && tuning=(--calibrate-every "$CALIBRATE_EVERY")
+[ -n "${TUNE_LR:-}" ] && tuning+=(--tune-lr "$TUNE_LR")
 groups=(${MODELS:-tinyconv/fashion-mnist tinyconv/mnist lenet5/mnist})
 hws=(${HWS:-sc:len=32,acc=or1 sc:len=32,acc=or2 sc:len=64,acc=or1 sc:len=64,acc=or2 mult:design=drum6 mult:design=ssm4 analog fxp})
 
@@ -61,7 +64,7 @@ for group in "${groups[@]}"; do
         echo "== $group on $hw"
         "$approx" -q bench train --model "$model" --data "$set_name:$data/$set_name" "${sizes[@]}" \
             --weights "$dir/float.safetensors" --hw "$hw" --epochs "$epochs" \
-            --schedule "$schedule" --batch "$batch" "${calibrate[@]}" \
+            --schedule "$schedule" --batch "$batch" "${tuning[@]}" \
             --out "$dir/$slug" --json "$dir/$slug.json"
     done
 done

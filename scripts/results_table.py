@@ -104,7 +104,10 @@ def group_section(folder):
         f"test images. Accelerated schedule `{first['accelerated']['schedule']}` with "
         f"{first['accelerated']['checkpoint_segments']} checkpointed segments, calibrating "
         + (f"(`{first['accelerated']['calibration']}`) " if 'calibration' in first['accelerated'] else "")
-        + f"every {first['accelerated']['calibrate_every']} steps of its `inject` epochs; baseline "
+        + f"every {first['accelerated']['calibrate_every']} steps of its `inject` epochs"
+        + (f", its `accurate` phase restarting Adam at lr {first['accelerated']['tune_lr']:g} "
+           "with its own cosine decay" if first['accelerated'].get('tune_lr') else "")
+        + "; baseline "
         f"`{first['baseline']['schedule']}`.",
         "",
         "| hardware | float model on the hardware | accelerated | baseline | accelerated − baseline (points) | accelerated s | baseline s | float fine-tune s | speed-up | cost vs float |",
@@ -269,7 +272,7 @@ def main():
             facts += rows
     settings = " ".join(
         f"{k}={os.environ[k]}"
-        for k in ["TRAIN_IMAGES", "PRETRAIN_IMAGES", "TEST_IMAGES", "PRETRAIN_EPOCHS", "EPOCHS", "SCHEDULE", "BATCH", "CALIBRATE_EVERY"]
+        for k in ["TRAIN_IMAGES", "PRETRAIN_IMAGES", "TEST_IMAGES", "PRETRAIN_EPOCHS", "EPOCHS", "SCHEDULE", "BATCH", "CALIBRATE_EVERY", "TUNE_LR"]
         if os.environ.get(k)
     )
     command = f"{settings} {sys.argv[2]}".strip()

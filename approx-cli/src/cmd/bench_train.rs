@@ -65,6 +65,9 @@ struct RunRecord {
     calibrate_every: u64,
     /// What the calibrations fit (`fixed-pattern`, `polynomials` or `rex-sc`).
     calibration: String,
+    /// The learning rate each phase after the first restarts Adam at, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tune_lr: Option<f64>,
     wall_seconds: f64,
     /// Peak resident memory of the process that ran it (data, model, training and the
     /// final evaluation), bytes.
@@ -257,6 +260,7 @@ fn measure(
         args.out.join(format!("{label}-checkpoint.safetensors")),
     );
     cfg.calibrate_every = args.train.calibrate_every;
+    cfg.tune_lr = args.train.tune_lr;
     let mut bars = TrainProgress::new("run");
     let outcome = train(&model, train_set, None, &cfg, false, &STOP, &mut |e| {
         bars.on_event(e)
@@ -271,6 +275,7 @@ fn measure(
         checkpoint_segments: segments,
         calibrate_every: cfg.calibration_period(train_set.len()),
         calibration: args.train.calibration.to_string(),
+        tune_lr: cfg.tune_lr,
         wall_seconds,
         peak_rss_bytes: peak_rss_bytes(),
         hw_accuracy,

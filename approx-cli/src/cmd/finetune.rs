@@ -193,6 +193,7 @@ fn job(
     );
     cfg.eval_mode = Some(ExecMode::Accurate);
     cfg.calibrate_every = args.train.calibrate_every;
+    cfg.tune_lr = args.train.tune_lr;
     model.set_calibration_scheme(args.train.calibration);
     let mut finetune_bars = TrainProgress::new("fine-tune");
     let out = train(

@@ -27,6 +27,12 @@ pub struct FinetuneArgs {
     /// Learning rate of fine-tuning (Adam, cosine decay).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// Restart the optimizer at each phase after the first (e.g. the `accurate` epochs
+    /// after the `inject` ones) with this learning rate and its own cosine decay, as
+    /// REX-SC's recipe does (a new Adam at 3e-3 for its final accurate epochs); by
+    /// default one cosine decay spans the whole run.
+    #[arg(long)]
+    pub tune_lr: Option<f64>,
     /// Training steps between calibrations of the injected error in `inject` epochs
     /// (each `inject` epoch also calibrates at its first step); default REX-SC's
     /// `max(steps per epoch / 5, 100)`.
