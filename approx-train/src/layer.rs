@@ -382,16 +382,16 @@ impl HwLayer {
             let approx = vec![flat(self.approx(x, w, None)?)?];
             (approx, vec![flat(y.clone())?], y.dims()[1..].to_vec())
         };
-        let groups: Vec<Residuals> = approx
-            .iter()
-            .zip(&bit)
-            .map(|(approx, bit)| Residuals { approx, bit })
-            .collect();
         let binning = state.scheme.binning();
         if matches!(self.hw, HwSpec::Analog(_)) || !state.scheme.fits_fixed_pattern() {
             let approx = approx.concat();
             return Ok((Calibration::fit(&approx, &bit.concat(), binning), None));
         }
+        let groups: Vec<Residuals> = approx
+            .iter()
+            .zip(&bit)
+            .map(|(approx, bit)| Residuals { approx, bit })
+            .collect();
         let units = unit_shape.iter().product();
         let (cal, patterns) = fit_with_fixed_pattern(&groups, units, binning);
         // The output is the first group (SC: positive polarity) minus the second.
