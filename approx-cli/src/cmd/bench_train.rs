@@ -251,7 +251,6 @@ fn measure(
     let mut model = build(args, Some(start), train_set, hw, ExecMode::Float)?;
     let (phases, segments) = plan(args, label, model.hw_layers().len())?;
     model.set_checkpoint_segments(segments);
-    model.set_calibration_scheme(args.train.calibration);
     let mut cfg = train_config(
         (args.train.batch, args.train.seed, None),
         args.train.epochs,
@@ -259,8 +258,7 @@ fn measure(
         args.train.lr,
         args.out.join(format!("{label}-checkpoint.safetensors")),
     );
-    cfg.calibrate_every = args.train.calibrate_every;
-    cfg.tune_lr = args.train.tune_lr;
+    args.train.configure(&mut cfg, &model);
     let mut bars = TrainProgress::new("run");
     let outcome = train(&model, train_set, None, &cfg, false, &STOP, &mut |e| {
         bars.on_event(e)

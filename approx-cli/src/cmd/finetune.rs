@@ -192,9 +192,7 @@ fn job(
         args.out.join("finetune-checkpoint.safetensors"),
     );
     cfg.eval_mode = Some(ExecMode::Accurate);
-    cfg.calibrate_every = args.train.calibrate_every;
-    cfg.tune_lr = args.train.tune_lr;
-    model.set_calibration_scheme(args.train.calibration);
+    args.train.configure(&mut cfg, &model);
     let mut finetune_bars = TrainProgress::new("fine-tune");
     let out = train(
         &model,

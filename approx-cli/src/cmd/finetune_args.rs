@@ -1,7 +1,9 @@
 //! The fine-tuning options `approx finetune` and `approx bench train` share.
 
 use approx_train::calibration::CalibrationScheme;
+use approx_train::model::Model;
 use approx_train::schedule::Phases;
+use approx_train::trainer::TrainConfig;
 
 /// Epochs, schedule, batch, learning rates and seed of a fine-tune, and of the float
 /// pretraining before it when no `--weights` are given.
@@ -47,4 +49,15 @@ pub struct FinetuneArgs {
     /// Seed of initialisation, data order, augmentation and noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+impl FinetuneArgs {
+    /// Sets the fine-tuning options beyond the recipe's (calibration period and
+    /// scheme, the per-phase learning-rate restart) on the run's `cfg` and `model`:
+    /// one place for `finetune` and `bench train`.
+    pub fn configure(&self, cfg: &mut TrainConfig, model: &dyn Model) {
+        cfg.calibrate_every = self.calibrate_every;
+        cfg.tune_lr = self.tune_lr;
+        model.set_calibration_scheme(self.calibration);
+    }
 }
