@@ -30,22 +30,28 @@ impl CycleFold {
         }
     }
 
-    /// Merges the eight lanes of `planes` (zero beyond the vector's width) and, for
+    /// Merges the first `width` lanes of `planes` (the vector's words) and, for
     /// B < 64, the sub-words of B bits, that stand for the same cycles, with `merge`;
     /// returns one plane set per stream word and the number of words.
     #[inline(always)]
     fn fold<const K: usize>(
         &self,
         lanes: [[u64; K]; 8],
+        width: usize,
         merge: impl Fn([u64; K], [u64; K]) -> [u64; K],
     ) -> ([[u64; K]; 4], usize) {
         let w = self.words;
-        // `words` is a power of two: a mask, not a division, in this hot path.
-        let lane_word = w - 1;
         let mut out = [[0u64; K]; 4];
-        out[..w].copy_from_slice(&lanes[..w]);
-        for (l, lane) in lanes.iter().enumerate().skip(w) {
-            out[l & lane_word] = merge(out[l & lane_word], *lane);
+        if w == 1 {
+            // B ≤ 64, the common case: one chain over the lanes, all in registers.
+            out[0] = lanes[1..width].iter().fold(lanes[0], |a, b| merge(a, *b));
+        } else {
+            // `words` is a power of two: a mask, not a division, in this hot path.
+            let lane_word = w - 1;
+            out[..w].copy_from_slice(&lanes[..w]);
+            for (l, lane) in lanes.iter().enumerate().take(width).skip(w) {
+                out[l & lane_word] = merge(out[l & lane_word], *lane);
+            }
         }
         let mut width = 64;
         while width > self.len {
@@ -103,7 +109,7 @@ impl<V: Lanes, const N: usize> Counter<V> for Thermometer<V, N> {
 
     #[inline(always)]
     fn count(&self, fold: &CycleFold) -> u32 {
-        let (words, w) = fold.fold(by_lane(self.0), |a, b| {
+        let (words, w) = fold.fold(by_lane(self.0), V::WORDS, |a, b| {
             std::array::from_fn(|k| {
                 let mut r = a[k] | b[k];
                 for j in 1..=k {
@@ -147,7 +153,7 @@ impl<V: Lanes, const K: usize> Counter<V> for Binary<V, K> {
 
     #[inline(always)]
     fn count(&self, fold: &CycleFold) -> u32 {
-        let (words, w) = fold.fold(by_lane(self.0), |a, b| {
+        let (words, w) = fold.fold(by_lane(self.0), V::WORDS, |a, b| {
             let mut out = [0u64; K];
             let mut carry = 0u64;
             for k in 0..K - 1 {

@@ -142,14 +142,16 @@ unsafe fn pixel_block<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>
     let pixels = pos.len() / o_count;
     let w_pol = k.kernel_rows * k.run;
     let w_chan = 2 * w_pol;
-    for m0 in (0..pixels).step_by(MR) {
-        let field: [*const u64; MR] = std::array::from_fn(|m| {
-            let g = g0 + (m0 + m).min(pixels - 1);
-            k.act.as_ptr().add(k.field_start(g))
-        });
-        for o0 in (0..o_count).step_by(NR) {
+    // Receptive fields once per task: the divisions in `field_start` are not free.
+    let mut fields = [k.act.as_ptr(); PIXELS_PER_TASK];
+    for (m, f) in fields.iter_mut().enumerate().take(pixels) {
+        *f = k.act.as_ptr().add(k.field_start(g0 + m));
+    }
+    for o0 in (0..o_count).step_by(NR) {
+        let wbase = k.weights.as_ptr().add(o0 * w_chan);
+        for m0 in (0..pixels).step_by(MR) {
+            let field: [*const u64; MR] = std::array::from_fn(|m| fields[(m0 + m).min(pixels - 1)]);
             let mut acc = [[[C::new(); 2]; NR]; MR];
-            let wbase = k.weights.as_ptr().add(o0 * w_chan);
             for i in 0..k.kernel_rows {
                 let arow: [*const u64; MR] =
                     std::array::from_fn(|m| field[m].add(i * k.row_stride));
@@ -442,15 +444,14 @@ fn nhwc_to_nchw(src: &[u32], geo: &ConvGeometry) -> Vec<u32> {
         return src.to_vec();
     }
     let mut out = vec![0u32; src.len()];
-    for (dst, src) in out
-        .chunks_mut(o_count * pixels)
-        .zip(src.chunks(o_count * pixels))
-    {
-        for p in 0..pixels {
-            for o in 0..o_count {
-                dst[o * pixels + p] = src[p * o_count + o];
+    out.par_chunks_mut(o_count * pixels)
+        .zip(src.par_chunks(o_count * pixels))
+        .for_each(|(dst, src)| {
+            for (p, channels) in src.chunks(o_count).enumerate() {
+                for (o, &count) in channels.iter().enumerate() {
+                    dst[o * pixels + p] = count;
+                }
             }
-        }
-    }
+        });
     out
 }
