@@ -32,24 +32,68 @@ pub fn conv2d(input: &Tensor, weight: &Tensor, params: Conv2dParams) -> Result<T
 /// in the graph: on VGG-16's 512-channel layers they, not the activations, were the
 /// largest tensors of a checkpointed step.
 pub fn conv2d_polarities(input: &Tensor, weight: &Tensor, params: Conv2dParams) -> Result<Tensor> {
-    input.apply_op2(
-        weight,
-        FastConv2d {
-            params,
-            polarities: true,
-        },
-    )
+    input.apply_op2(weight, FastConv2d::polarities(params))
 }
 
 /// The candle op behind [`conv2d`] and [`conv2d_polarities`].
 #[derive(Debug, Clone, Copy)]
-struct FastConv2d {
+pub(crate) struct FastConv2d {
     params: Conv2dParams,
     /// The conv runs on the weight's split polarities (see [`conv2d_polarities`]).
     polarities: bool,
 }
 
 impl FastConv2d {
+    /// The op of [`conv2d_polarities`].
+    pub(crate) fn polarities(params: Conv2dParams) -> Self {
+        Self {
+            params,
+            polarities: true,
+        }
+    }
+
+    /// The output values and shape for input values `x` (NCHW `input` dims) and the
+    /// weight's values.
+    pub(crate) fn run(
+        &self,
+        input: &[usize],
+        x: &[f32],
+        weight_shape: &Shape,
+        weight: Cow<'_, [f32]>,
+    ) -> Result<(Vec<f32>, Shape)> {
+        let (geo, weight) = self.operands(input, weight_shape, weight)?;
+        Ok((
+            forward(&geo, x, &weight),
+            Shape::from(geo.out_shape().to_vec()),
+        ))
+    }
+
+    /// The input (when `input` is tracked) and weight gradients for the output
+    /// gradient values `grad`.
+    pub(crate) fn gradients(
+        &self,
+        input: &Tensor,
+        weight: &Tensor,
+        grad: &[f32],
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let op = "fast conv2d backward";
+        let (x, w) = (read_f32(input), read_f32(weight));
+        let w = w.values(op)?;
+        let (geo, run_weight) = self.operands(input.dims(), weight.shape(), Cow::Borrowed(&w))?;
+        let (dx, dw) = backward(&geo, &x.values(op)?, &run_weight, grad, input.track_op());
+        drop(run_weight);
+        let dw = if self.polarities {
+            fold_gradient(&w, &dw)
+        } else {
+            dw
+        };
+        Ok((
+            dx.map(|dx| Tensor::from_vec(dx, input.shape(), input.device()))
+                .transpose()?,
+            Some(Tensor::from_vec(dw, weight.shape(), weight.device())?),
+        ))
+    }
+
     /// The geometry of the conv as run, and its weight values (split when the op
     /// splits polarities).
     fn operands<'a>(
@@ -324,10 +368,14 @@ impl CustomOp2 for FastConv2d {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (geo, weight) =
-            self.operands(l1.dims(), l2.shape(), f32_values(s2, l2, "fast conv2d")?)?;
-        let out = forward(&geo, &f32_values(s1, l1, "fast conv2d")?, &weight);
-        Ok((CpuStorage::F32(out), Shape::from(geo.out_shape().to_vec())))
+        let op = "fast conv2d";
+        let (out, shape) = self.run(
+            l1.dims(),
+            &f32_values(s1, l1, op)?,
+            l2.shape(),
+            f32_values(s2, l2, op)?,
+        )?;
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
@@ -337,28 +385,8 @@ impl CustomOp2 for FastConv2d {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let op = "fast conv2d backward";
-        let (x, w, g) = (read_f32(input), read_f32(weight), read_f32(grad));
-        let w = w.values(op)?;
-        let (geo, run_weight) = self.operands(input.dims(), weight.shape(), Cow::Borrowed(&w))?;
-        let (dx, dw) = backward(
-            &geo,
-            &x.values(op)?,
-            &run_weight,
-            &g.values(op)?,
-            input.track_op(),
-        );
-        drop(run_weight);
-        let dw = if self.polarities {
-            fold_gradient(&w, &dw)
-        } else {
-            dw
-        };
-        Ok((
-            dx.map(|dx| Tensor::from_vec(dx, input.shape(), input.device()))
-                .transpose()?,
-            Some(Tensor::from_vec(dw, weight.shape(), weight.device())?),
-        ))
+        let g = read_f32(grad);
+        self.gradients(input, weight, &g.values("fast conv2d backward")?)
     }
 }
 

@@ -14,12 +14,23 @@ use crate::calibration::{
 };
 use crate::mode::ExecMode;
 use crate::polarity::split_polarities;
+use crate::split_conv::split_surrogate_conv2d;
 use crate::ste::{straight_through, OperandQuantizer, Quantize, Quantizer, StreamQuantizer};
 use crate::surrogate::{Injection, Surrogate};
 use crate::tiled::tiled_surrogate;
 
 /// Fraction bits of REX-SC's input and weight quantizer in front of SC layers.
 const SC_QUANT_BITS: u32 = 7;
+
+/// Whether a split-unipolar conv's surrogate keeps its partial sums for backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sums {
+    /// In the graph, as two ops: the step's forward.
+    Kept,
+    /// Recomputed in backward ([`split_surrogate_conv2d`]): a recomputed block's last
+    /// layer, whose nested backward would otherwise hold them at the step's peak.
+    Recomputed,
+}
 
 /// Mutable state of a layer: mode, calibration and the step that keys its noise.
 #[derive(Debug, Clone)]
@@ -174,7 +185,7 @@ impl HwLayer {
         let (x, w) = self.operands(x, state.mode)?;
         let y = match state.mode {
             ExecMode::Float => self.exact(&x, &w)?,
-            ExecMode::ApproxFn => self.approx(&x, &w, None)?,
+            ExecMode::ApproxFn => self.approx(&x, &w, None, Sums::Kept)?,
             ExecMode::Inject => {
                 let (calibration, pattern) = if state.calibrate_next {
                     let (c, p) = self.fit_calibration(&x.detach(), &w.detach())?;
@@ -187,7 +198,7 @@ impl HwLayer {
                 } else {
                     (state.calibration, state.fixed_pattern)
                 };
-                let y = self.approx(&x, &w, calibration.map(|c| (c, state.step)))?;
+                let y = self.approx(&x, &w, calibration.map(|c| (c, state.step)), Sums::Kept)?;
                 match (calibration, pattern) {
                     (Some(_), Some(pattern)) => self.with_fixed_pattern(y, &pattern)?,
                     _ => y,
@@ -195,7 +206,7 @@ impl HwLayer {
             }
             ExecMode::Accurate => {
                 let hardware = self.hardware(&x.detach(), &w.detach(), state.step)?;
-                straight_through(&self.approx(&x, &w, None)?, &hardware)?
+                straight_through(&self.approx(&x, &w, None, Sums::Kept)?, &hardware)?
             }
         };
         self.with_bias(y)
@@ -220,7 +231,7 @@ impl HwLayer {
             _ => return self.forward(x),
         };
         let (x, w) = self.operands(x, state.mode)?;
-        self.with_bias(self.approx(&x, &w, inject)?)
+        self.with_bias(self.approx(&x, &w, inject, Sums::Recomputed)?)
     }
 
     /// `y` plus the fixed-pattern error, the same for every sample.
@@ -296,7 +307,14 @@ impl HwLayer {
 
     /// The surrogate forward (no bias): the error model on exact partial sums, with
     /// the calibrated error injected when given (with the step keying the noise).
-    fn approx(&self, x: &Tensor, w: &Tensor, inject: Option<(Calibration, u64)>) -> Result<Tensor> {
+    /// `sums` says whether a split-unipolar conv keeps its partial sums in the graph.
+    fn approx(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        inject: Option<(Calibration, u64)>,
+        sums: Sums,
+    ) -> Result<Tensor> {
         let injection = |unit| {
             inject.map(|(calibration, step)| Injection {
                 calibration,
@@ -322,18 +340,29 @@ impl HwLayer {
                 // Both polarities in one conv (the positive and negative weight parts
                 // stacked as output channels), so the input is unfolded once, and one
                 // op for the surrogate of both and their difference.
-                let sums = match self.op {
-                    Layer::Conv2d(params) => crate::conv::conv2d_polarities(x, w, params)?,
-                    Layer::Linear => self.exact(x, &split_polarities(w)?)?,
-                };
-                if per_polarity {
-                    return Surrogate {
+                let surrogate = if per_polarity {
+                    Surrogate {
                         model,
                         injection: injection(0),
                     }
-                    .apply_split(&sums);
+                } else {
+                    plain
+                };
+                let y = match (self.op, sums) {
+                    (Layer::Conv2d(params), Sums::Recomputed) => {
+                        split_surrogate_conv2d(x, w, params, surrogate)?
+                    }
+                    (Layer::Conv2d(params), Sums::Kept) => {
+                        surrogate.apply_split(&crate::conv::conv2d_polarities(x, w, params)?)?
+                    }
+                    (Layer::Linear, _) => {
+                        surrogate.apply_split(&self.exact(x, &split_polarities(w)?)?)?
+                    }
+                };
+                if per_polarity {
+                    return Ok(y);
                 }
-                plain.apply_split(&sums)?
+                y
             }
             PartialSums::Tiles { rows } => tiled_surrogate(x, w, self.op, rows, model)?,
         };
@@ -379,7 +408,7 @@ impl HwLayer {
             (approx, bit, counts.pos.dims()[1..].to_vec())
         } else {
             let y = self.hardware(x, w, state.step)?;
-            let approx = vec![flat(self.approx(x, w, None)?)?];
+            let approx = vec![flat(self.approx(x, w, None, Sums::Kept)?)?];
             (approx, vec![flat(y.clone())?], y.dims()[1..].to_vec())
         };
         let binning = state.scheme.binning();

@@ -39,6 +39,7 @@ pub mod optim;
 pub mod polarity;
 pub mod recompute;
 pub mod schedule;
+pub mod split_conv;
 pub mod ste;
 pub mod storage;
 pub mod surrogate;

@@ -59,6 +59,56 @@ impl Surrogate {
         sums.apply_op1(SplitPolarity(self))
     }
 
+    /// The values of [`Surrogate::apply_split`] for stacked sums `s` (per image, the
+    /// `half` positive sums, then the `half` negative ones).
+    pub(crate) fn split_forward(&self, s: &[f32], half: usize) -> Vec<f32> {
+        let mut out = vec![0f32; s.len() / 2];
+        if half == 0 {
+            return out;
+        }
+        let per_image = half.div_ceil(CHUNK);
+        out.par_chunks_mut(half)
+            .zip(s.par_chunks(2 * half))
+            .enumerate()
+            .for_each(|(image, (out, s))| {
+                let (pos, neg) = s.split_at(half);
+                out.par_chunks_mut(CHUNK)
+                    .zip(pos.par_chunks(CHUNK).zip(neg.par_chunks(CHUNK)))
+                    .enumerate()
+                    .for_each(|(j, (out, (pos, neg)))| {
+                        let unit = (image * per_image + j) as u64;
+                        let mut minus = vec![0f32; out.len()];
+                        self.forward_chunk(pos, out, 2 * unit);
+                        self.forward_chunk(neg, &mut minus, 2 * unit + 1);
+                        out.iter_mut().zip(&minus).for_each(|(o, m)| *o -= m);
+                    });
+            });
+        out
+    }
+
+    /// The gradient of [`Surrogate::split_forward`] with respect to the stacked sums
+    /// for the output gradient `g`, written over the sums `s`: chunk by chunk, so
+    /// that a caller holding the sums needs no second buffer of their size.
+    pub(crate) fn split_backward(&self, s: &mut [f32], g: &[f32], half: usize) {
+        if half == 0 {
+            return;
+        }
+        s.par_chunks_mut(2 * half)
+            .zip(g.par_chunks(half))
+            .for_each(|(s, g)| {
+                let (s_pos, s_neg) = s.split_at_mut(half);
+                for (s, sign) in [(s_pos, 1.0), (s_neg, -1.0)] {
+                    s.par_chunks_mut(CHUNK)
+                        .zip(g.par_chunks(CHUNK))
+                        .for_each(|(s, g)| {
+                            let mut d = vec![0f32; s.len()];
+                            self.backward_chunk(s, g, sign, &mut d);
+                            s.copy_from_slice(&d);
+                        });
+                }
+            });
+    }
+
     /// The surrogate of one chunk of sums `s` into `out`, its noise from `stream` of
     /// the injection's seed.
     fn forward_chunk(&self, s: &[f32], out: &mut [f32], stream: u64) {
@@ -173,48 +223,15 @@ impl CustomOp1 for SplitPolarity {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (half, shape) = split_shape(layout.shape())?;
         let s = f32_values(storage, layout, "the split surrogate")?;
-        let mut out = vec![0f32; shape.elem_count()];
-        if half > 0 {
-            let per_image = half.div_ceil(CHUNK);
-            out.par_chunks_mut(half)
-                .zip(s.par_chunks(2 * half))
-                .enumerate()
-                .for_each(|(image, (out, s))| {
-                    let (pos, neg) = s.split_at(half);
-                    out.par_chunks_mut(CHUNK)
-                        .zip(pos.par_chunks(CHUNK).zip(neg.par_chunks(CHUNK)))
-                        .enumerate()
-                        .for_each(|(j, (out, (pos, neg)))| {
-                            let unit = (image * per_image + j) as u64;
-                            let mut minus = vec![0f32; out.len()];
-                            self.0.forward_chunk(pos, out, 2 * unit);
-                            self.0.forward_chunk(neg, &mut minus, 2 * unit + 1);
-                            out.iter_mut().zip(&minus).for_each(|(o, m)| *o -= m);
-                        });
-                });
-        }
-        Ok((CpuStorage::F32(out), shape))
+        Ok((CpuStorage::F32(self.0.split_forward(&s, half)), shape))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let op = "the split surrogate's backward";
         let (half, _) = split_shape(arg.shape())?;
         let (s, g) = (read_f32(arg), read_f32(grad));
-        let (s, g) = (s.values(op)?, g.values(op)?);
-        let mut d = vec![0f32; s.len()];
-        if half > 0 {
-            d.par_chunks_mut(2 * half)
-                .zip(s.par_chunks(2 * half).zip(g.par_chunks(half)))
-                .for_each(|(d, (s, g))| {
-                    let (d_pos, d_neg) = d.split_at_mut(half);
-                    let (s_pos, s_neg) = s.split_at(half);
-                    for (d, s, sign) in [(d_pos, s_pos, 1.0), (d_neg, s_neg, -1.0)] {
-                        d.par_chunks_mut(CHUNK)
-                            .zip(s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                            .for_each(|(d, (s, g))| self.0.backward_chunk(s, g, sign, d));
-                    }
-                });
-        }
+        let mut d = s.values(op)?.into_owned();
+        self.0.split_backward(&mut d, &g.values(op)?, half);
         Ok(Some(Tensor::from_vec(d, arg.shape(), arg.device())?))
     }
 }

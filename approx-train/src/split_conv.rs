@@ -1,0 +1,174 @@
+//! A split-unipolar conv's surrogate as one op that keeps no partial sums:
+//! `surrogate.apply_split(conv2d_polarities(x, w))` in value and gradients, bit for
+//! bit, with the stacked sums (twice the output's size) recomputed in backward.
+//!
+//! This is checkpointing at the scale of one layer, for the last hardware layer of a
+//! recomputed block ([`crate::recompute`]): that block's nested graph otherwise holds
+//! the sums through its whole backward, and candle builds their gradient as a zero
+//! tensor plus the op's gradient, so the sums and their gradient made up six of the
+//! thirteen output-sized tensors at the peak of a checkpointed VGG-16 step. Here the
+//! sums live only inside the backward call, and their gradient overwrites them.
+//! The price is one more forward GEMM of the layer per recomputation.
+
+use approx_hw::Conv2dParams;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+use crate::conv::FastConv2d;
+use crate::storage::{f32_values, read_f32};
+use crate::surrogate::Surrogate;
+
+/// `surrogate.apply_split(conv2d_polarities(input, weight, params))`, holding only
+/// `input` and `weight` for backward (see the module docs).
+pub fn split_surrogate_conv2d(
+    input: &Tensor,
+    weight: &Tensor,
+    params: Conv2dParams,
+    surrogate: Surrogate,
+) -> Result<Tensor> {
+    input.apply_op2(
+        weight,
+        RecomputedSplitConv {
+            conv: FastConv2d::polarities(params),
+            surrogate,
+        },
+    )
+}
+
+/// The op behind [`split_surrogate_conv2d`].
+struct RecomputedSplitConv {
+    conv: FastConv2d,
+    surrogate: Surrogate,
+}
+
+impl RecomputedSplitConv {
+    /// The stacked sums and elements per image and polarity.
+    fn sums(
+        &self,
+        input: &[usize],
+        x: &[f32],
+        weight: &Shape,
+        w: &[f32],
+    ) -> Result<(Vec<f32>, usize, Shape)> {
+        let (sums, shape) = self.conv.run(input, x, weight, w.into())?;
+        let dims = shape.dims();
+        let mut out = dims.to_vec();
+        out[1] /= 2;
+        let half = out[1..].iter().product();
+        Ok((sums, half, Shape::from(out)))
+    }
+}
+
+impl CustomOp2 for RecomputedSplitConv {
+    fn name(&self) -> &'static str {
+        "split-surrogate-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = "the split surrogate conv2d";
+        let (sums, half, shape) = self.sums(
+            l1.dims(),
+            &f32_values(s1, l1, op)?,
+            l2.shape(),
+            &f32_values(s2, l2, op)?,
+        )?;
+        Ok((
+            CpuStorage::F32(self.surrogate.split_forward(&sums, half)),
+            shape,
+        ))
+    }
+
+    fn bwd(
+        &self,
+        input: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let op = "the split surrogate conv2d's backward";
+        let (x, w, g) = (read_f32(input), read_f32(weight), read_f32(grad));
+        let (mut sums, half, _) =
+            self.sums(input.dims(), &x.values(op)?, weight.shape(), &w.values(op)?)?;
+        drop((x, w));
+        self.surrogate
+            .split_backward(&mut sums, &g.values(op)?, half);
+        self.conv.gradients(input, weight, &sums)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calibration::Calibration;
+    use crate::surrogate::Injection;
+    use approx_hw::ErrorModel;
+    use candle_core::{Device, Var};
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// Value and both gradients equal the two-op form's bit for bit, with and without
+    /// injected error, on odd shapes, strides and paddings.
+    #[test]
+    fn equals_conv_then_split_surrogate() {
+        let dev = Device::Cpu;
+        let calibration = Calibration {
+            bias: [0.01, -0.02, 0.003, 0.0, 0.0, 0.0],
+            std: [0.02, 0.01, 0.0, 0.0, 0.0, 0.0],
+            range: [0.0, 2.0],
+        };
+        let cases = [
+            ([2, 3, 7, 6], [4, 3, 3, 3], (1, 1), (1, 1)),
+            ([3, 5, 9, 9], [2, 5, 5, 3], (2, 1), (2, 0)),
+            ([1, 16, 6, 5], [6, 16, 3, 3], (1, 1), (0, 2)),
+        ];
+        for (i, (xs, ws, stride, padding)) in cases.into_iter().enumerate() {
+            let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, &xs, &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&Tensor::rand(-0.5f32, 0.5, &ws, &dev).unwrap()).unwrap();
+            let params = Conv2dParams { stride, padding };
+            for injection in [
+                None,
+                Some(Injection {
+                    calibration,
+                    seed: i as u64,
+                }),
+            ] {
+                let surrogate = Surrogate {
+                    model: ErrorModel::OrN { n: 2 },
+                    injection,
+                };
+                let two_ops = surrogate
+                    .apply_split(&crate::conv::conv2d_polarities(&x, &w, params).unwrap())
+                    .unwrap();
+                let fused = split_surrogate_conv2d(&x, &w, params, surrogate).unwrap();
+                assert_eq!(values(&fused), values(&two_ops), "case {i}");
+                let probe = Tensor::rand(-1f32, 1.0, two_ops.shape(), &dev).unwrap();
+                let g_two = (two_ops * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let g_fused = (fused * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                for v in [&x, &w] {
+                    assert_eq!(
+                        values(g_fused.get(v).unwrap()),
+                        values(g_two.get(v).unwrap()),
+                        "case {i}"
+                    );
+                }
+            }
+        }
+    }
+}
