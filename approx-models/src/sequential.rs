@@ -624,6 +624,10 @@ impl Model for Sequential {
         self.recompute.merge_into(grads)
     }
 
+    fn checkpointed_blocks(&self) -> Option<&Recompute> {
+        (!self.segments.is_empty()).then_some(&self.recompute)
+    }
+
     fn hw_layers(&self) -> Vec<&HwLayer> {
         self.steps.iter().flat_map(Step::hw_layers).collect()
     }

@@ -7,6 +7,8 @@ use approx_models::{build, load, save, HwMap, LoadError, ModelKind};
 use approx_train::calibration::Calibration;
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
+use approx_train::optim::{Optimizer, OptimizerKind};
+use approx_train::trainer;
 use candle_core::{DType, Device, Tensor};
 
 fn input(shape: (usize, usize, usize), n: usize) -> Tensor {
@@ -275,6 +277,41 @@ fn checkpointed_segments_give_the_plain_gradients_and_statistics() {
                 assert_eq!(n1, n2);
                 assert_eq!(v1, v2, "{hw} {mode} segments {segments}: {n1}");
             }
+        }
+    }
+}
+
+/// Two optimizer steps of a checkpointed TinyConv, each block's parameters updated as
+/// soon as its backward ends (unclipped), give the weights of the plain model's steps
+/// updated after the backward, bit for bit; and a clipped step (which updates after
+/// the backward) still finds every block's gradients.
+#[test]
+fn updating_blocks_during_the_backward_gives_the_plain_steps() {
+    let shape = (1, 28, 28);
+    let x = input(shape, 4);
+    let labels = Tensor::from_vec(vec![3u32, 1, 4, 1], 4, &Device::Cpu).unwrap();
+    let hw = HwMap::All("sc:len=16,acc=or2".parse().unwrap());
+    let run = |segments: usize, clip: Option<f64>| {
+        let mut net = build(ModelKind::TinyConv, shape, 10, &hw, ExecMode::Accurate, 5).unwrap();
+        net.set_checkpoint_segments(segments);
+        assert_eq!(net.checkpointed_blocks().is_some(), segments > 0);
+        let params = net.named_vars().into_iter().map(|(_, v)| v).collect();
+        let mut opt =
+            Optimizer::new(OptimizerKind::Adam { weight_decay: 1e-4 }, params, 1e-2).unwrap();
+        for _ in 0..2 {
+            trainer::train_step(&net, &mut opt, &x, &labels, 0.1, clip).unwrap();
+        }
+        net.named_vars()
+            .into_iter()
+            .map(|(name, v)| (name, flat(v.as_tensor())))
+            .collect::<Vec<_>>()
+    };
+    let plain = run(0, None);
+    for (segments, clip) in [(3, None), (4, None), (3, Some(1e30))] {
+        let got = run(segments, clip);
+        for ((n1, v1), (n2, v2)) in got.iter().zip(&plain) {
+            assert_eq!(n1, n2);
+            assert_eq!(v1, v2, "segments {segments}, clip {clip:?}: {n1}");
         }
     }
 }

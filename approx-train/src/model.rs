@@ -6,6 +6,7 @@ use candle_core::{Result, Tensor, Var};
 use crate::calibration::CalibrationScheme;
 use crate::layer::HwLayer;
 use crate::mode::ExecMode;
+use crate::recompute::Recompute;
 
 /// A classifier the trainer can train and evaluate.
 pub trait Model: Send + Sync {
@@ -24,6 +25,13 @@ pub trait Model: Send + Sync {
     /// [`crate::recompute`]); models without checkpointing have none.
     fn merge_recomputed_grads(&self, _grads: &mut GradStore) -> Result<()> {
         Ok(())
+    }
+
+    /// The channel of the model's checkpointed blocks, if its training forward has
+    /// any: the trainer sets its sink to update each block's parameters as soon as
+    /// the block's backward ends.
+    fn checkpointed_blocks(&self) -> Option<&Recompute> {
+        None
     }
 
     /// Tells the model the training step about to run (keys the noise of hardware

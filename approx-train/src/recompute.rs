@@ -1,8 +1,12 @@
 //! Gradient checkpointing of whole blocks: a block's forward runs without keeping its
 //! intermediate activations; backward recomputes them from the block's input and runs
 //! a nested backward. Parameter gradients leave the nested backward through a side
-//! channel and are merged into the step's gradients with [`Recompute::merge_into`].
+//! channel and are merged into the step's gradients with [`Recompute::merge_into`],
+//! or, with a sink set ([`Recompute::set_sink`]), are sent to the optimizer as soon as
+//! the block's backward ends, so that the whole model's gradients are never in memory
+//! at once.
 
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 
 use crate::storage::{f32_values, read_f32};
@@ -21,10 +25,18 @@ pub enum Pass {
 /// A block's forward: input to output, building its graph on the given input.
 pub type BlockFn = Arc<dyn Fn(&Tensor, Pass) -> Result<Tensor> + Send + Sync>;
 
+/// Where a recomputed block's parameter gradients go: the sink while one is set,
+/// else the side store that [`Recompute::merge_into`] empties.
+#[derive(Default)]
+struct Outlet {
+    side: Vec<GradStore>,
+    sink: Option<SyncSender<GradStore>>,
+}
+
 /// The gradient side channel shared by a model's checkpointed blocks.
 #[derive(Clone, Default)]
 pub struct Recompute {
-    side: Arc<Mutex<Vec<GradStore>>>,
+    outlet: Arc<Mutex<Outlet>>,
 }
 
 impl std::fmt::Debug for Recompute {
@@ -50,15 +62,22 @@ impl Recompute {
             block,
             params,
             data,
-            side: self.side.clone(),
+            outlet: self.outlet.clone(),
         })
     }
 
+    /// Sends each recomputed block's parameter gradients to `sink` from now on (a
+    /// rendezvous channel makes the backward wait until the receiver takes them), or,
+    /// with `None`, keeps them for [`Recompute::merge_into`] again.
+    pub fn set_sink(&self, sink: Option<SyncSender<GradStore>>) {
+        lock(&self.outlet).sink = sink;
+    }
+
     /// Adds the parameter gradients of every recomputed block since the last call into
-    /// `grads`.
+    /// `grads` (none of those that went to a sink).
     pub fn merge_into(&self, grads: &mut GradStore) -> Result<()> {
-        let mut side = self.side.lock().unwrap_or_else(|e| e.into_inner());
-        for store in side.drain(..) {
+        let side = std::mem::take(&mut lock(&self.outlet).side);
+        for store in side {
             for id in store.get_ids().copied().collect::<Vec<_>>() {
                 let Some(g) = store.get_id(id) else { continue };
                 let sum = match grads.get_id(id) {
@@ -72,12 +91,16 @@ impl Recompute {
     }
 }
 
+fn lock(outlet: &Mutex<Outlet>) -> std::sync::MutexGuard<'_, Outlet> {
+    outlet.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Checkpoint {
     block: BlockFn,
     params: Vec<Var>,
     /// The block's input is data: no gradient flows back into it.
     data: bool,
-    side: Arc<Mutex<Vec<GradStore>>>,
+    outlet: Arc<Mutex<Outlet>>,
 }
 
 impl CustomOp1 for Checkpoint {
@@ -112,11 +135,19 @@ impl CustomOp1 for Checkpoint {
                 keep.insert(p, g.detach());
             }
         }
-        self.side
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(keep);
-        Ok(grads.get(&x).map(Tensor::detach))
+        let dx = grads.get(&x).map(Tensor::detach);
+        // The nested graph goes before a sink's receiver updates the parameters.
+        drop((grads, y));
+        let sink = lock(&self.outlet).sink.clone();
+        match sink {
+            Some(sink) => sink.send(keep).map_err(|_| {
+                candle_core::Error::Msg(
+                    "the optimizer stopped taking a checkpointed block's gradients".into(),
+                )
+            })?,
+            None => lock(&self.outlet).side.push(keep),
+        }
+        Ok(dx)
     }
 }
 

@@ -10,8 +10,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +23,7 @@ use crate::io::{peak_rss_bytes, write_safetensors};
 use crate::mode::ExecMode;
 use crate::model::Model;
 use crate::optim::{clip_grad_norm, Optimizer, OptimizerKind};
+use crate::recompute::Recompute;
 use crate::schedule::{LrSchedule, Phases};
 
 /// Everything that defines a training run.
@@ -229,6 +232,13 @@ pub struct StepResult {
 /// The forward graph (every activation kept for backward) is dropped before the
 /// update, so that it and the optimizer's temporaries are never in memory together:
 /// on VGG-16 the update allocates several parameter-sized tensors per layer.
+///
+/// A model with checkpointed blocks, unclipped, has each block's parameters updated
+/// as soon as that block's backward ends, on a second thread while the backward goes
+/// on ([`crate::recompute::Recompute::set_sink`]): the same update (each parameter's
+/// rule reads only its own gradient and state), without every parameter's gradient
+/// in memory at the backward's peak (59 MB on VGG-16). Clipping needs the global norm
+/// of all gradients first, so a clipped step updates after the backward.
 pub fn train_step(
     model: &dyn Model,
     optimizer: &mut Optimizer,
@@ -237,18 +247,66 @@ pub fn train_step(
     eps: f64,
     clip: Option<f64>,
 ) -> Result<StepResult> {
-    let (mut grads, loss, correct) = {
-        let logits = model.forward(x, true)?;
-        let (loss, correct) = loss_and_correct(&logits, y, eps)?;
-        let grads = loss.backward()?;
-        (grads, f64::from(loss.to_scalar::<f32>()?), correct)
-    };
+    if let (None, Some(blocks)) = (clip, model.checkpointed_blocks()) {
+        return step_updating_blocks(model, blocks, optimizer, x, y, eps);
+    }
+    let (mut grads, result) = forward_backward(model, x, y, eps)?;
     model.merge_recomputed_grads(&mut grads)?;
     if let Some(max) = clip {
         clip_grad_norm(optimizer.params(), &mut grads, max)?;
     }
     optimizer.step(&grads)?;
-    Ok(StepResult { loss, correct })
+    Ok(result)
+}
+
+/// The forward, loss and backward of a step; the graph is dropped on return.
+fn forward_backward(
+    model: &dyn Model,
+    x: &Tensor,
+    y: &Tensor,
+    eps: f64,
+) -> Result<(GradStore, StepResult)> {
+    let logits = model.forward(x, true)?;
+    let (loss, correct) = loss_and_correct(&logits, y, eps)?;
+    let grads = loss.backward()?;
+    let loss = f64::from(loss.to_scalar::<f32>()?);
+    Ok((grads, StepResult { loss, correct }))
+}
+
+/// [`train_step`] for a model with checkpointed `blocks`, unclipped: each block's
+/// parameter gradients go through a rendezvous channel to a thread that applies them
+/// while the backward goes on; the rest of the gradients are applied after it.
+fn step_updating_blocks(
+    model: &dyn Model,
+    blocks: &Recompute,
+    optimizer: &mut Optimizer,
+    x: &Tensor,
+    y: &Tensor,
+    eps: f64,
+) -> Result<StepResult> {
+    optimizer.begin_step();
+    let (sink, parts) = mpsc::sync_channel::<GradStore>(0);
+    blocks.set_sink(Some(sink));
+    let (outcome, updates) = std::thread::scope(|scope| {
+        let updater = scope.spawn(|| -> Result<()> {
+            for grads in parts {
+                optimizer.apply(&grads)?;
+            }
+            Ok(())
+        });
+        let outcome = forward_backward(model, x, y, eps);
+        // Dropping the sender ends the updater's loop.
+        blocks.set_sink(None);
+        (outcome, updater.join())
+    });
+    let updates = updates.map_err(|_| {
+        candle_core::Error::Msg("the thread updating checkpointed blocks panicked".into())
+    })?;
+    // The updater's error first: it is why a block's gradients could not be sent.
+    updates?;
+    let (grads, result) = outcome?;
+    optimizer.apply(&grads)?;
+    Ok(result)
 }
 
 /// Accuracy (fraction) of `model` on `data` with every hardware layer in `mode`
