@@ -661,14 +661,34 @@ fn finetune_and_eval_errors_are_clear() {
 #[test]
 fn checkpoint_segments_change_memory_not_results() {
     let dir = tempfile::tempdir().unwrap();
-    let (plain, segmented) = (dir.path().join("plain"), dir.path().join("segmented"));
-    let o = quick_finetune(&plain, &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = quick_finetune(&segmented, &["--checkpoint-segments", "2"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(
-        std::fs::read(plain.join("model.safetensors")).unwrap(),
-        std::fs::read(segmented.join("model.safetensors")).unwrap()
+    // Clipped (the default), a checkpointed run updates after the backward; unclipped,
+    // each block as soon as its backward ends.
+    for clip in ["5", "off"] {
+        let plain = dir.path().join(format!("plain-{clip}"));
+        let segmented = dir.path().join(format!("segmented-{clip}"));
+        let o = quick_finetune(&plain, &["--clip-grad", clip]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = quick_finetune(
+            &segmented,
+            &["--clip-grad", clip, "--checkpoint-segments", "2"],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            std::fs::read(plain.join("model.safetensors")).unwrap(),
+            std::fs::read(segmented.join("model.safetensors")).unwrap(),
+            "--clip-grad {clip}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_clipping_norm_is_a_usage_error() {
+    let o = approx(&["finetune", "--clip-grad", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("bad gradient clipping norm `0`"),
+        "{stderr}"
     );
 }
 

@@ -1,5 +1,7 @@
 //! The fine-tuning options `approx finetune` and `approx bench train` share.
 
+use std::str::FromStr;
+
 use approx_train::calibration::CalibrationScheme;
 use approx_train::model::Model;
 use approx_train::schedule::Phases;
@@ -46,18 +48,46 @@ pub struct FinetuneArgs {
     /// or `rex-sc` (REX-SC's binning, the polynomials alone: the paper's injection).
     #[arg(long, default_value = "fixed-pattern")]
     pub calibration: CalibrationScheme,
+    /// Clip gradients to this global L2 norm, or `off`. Unclipped, a checkpointed run
+    /// (`--checkpoint-segments`) updates each block's parameters as soon as that
+    /// block's backward ends, which keeps fewer gradients in memory; clipping needs
+    /// the norm of all of them first.
+    #[arg(long, default_value = "5")]
+    pub clip_grad: ClipNorm,
     /// Seed of initialisation, data order, augmentation and noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
+/// A gradient-clipping norm, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipNorm(pub Option<f64>);
+
+impl FromStr for ClipNorm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(ClipNorm(None));
+        }
+        match s.parse::<f64>() {
+            Ok(norm) if norm.is_finite() && norm > 0.0 => Ok(ClipNorm(Some(norm))),
+            _ => Err(format!(
+                "bad gradient clipping norm `{s}`: expected a positive number or `off`"
+            )),
+        }
+    }
+}
+
 impl FinetuneArgs {
     /// Sets the fine-tuning options beyond the recipe's (calibration period and
-    /// scheme, the per-phase learning-rate restart) on the run's `cfg` and `model`:
+    /// scheme, the per-phase learning-rate restart, clipping) on the run's `cfg` and
+    /// `model`:
     /// one place for `finetune` and `bench train`.
     pub fn configure(&self, cfg: &mut TrainConfig, model: &dyn Model) {
         cfg.calibrate_every = self.calibrate_every;
         cfg.tune_lr = self.tune_lr;
+        cfg.clip_grad = self.clip_grad.0;
         model.set_calibration_scheme(self.calibration);
     }
 }
