@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use crate::conv::FastConv2d;
 use crate::storage::{f32_values, read_f32};
-use crate::surrogate::Surrogate;
+use crate::surrogate::{split_shape, Surrogate};
 
 /// `surrogate.apply_split(conv2d_polarities(input, weight, params))`, holding only
 /// `input` and `weight` for backward (see the module docs).
@@ -41,7 +41,7 @@ struct RecomputedSplitConv {
 }
 
 impl RecomputedSplitConv {
-    /// The stacked sums and elements per image and polarity.
+    /// The stacked sums, their elements per image and polarity, and the output shape.
     fn sums(
         &self,
         input: &[usize],
@@ -50,11 +50,8 @@ impl RecomputedSplitConv {
         w: &[f32],
     ) -> Result<(Vec<f32>, usize, Shape)> {
         let (sums, shape) = self.conv.run(input, x, weight, w.into())?;
-        let dims = shape.dims();
-        let mut out = dims.to_vec();
-        out[1] /= 2;
-        let half = out[1..].iter().product();
-        Ok((sums, half, Shape::from(out)))
+        let (half, out) = split_shape(&shape)?;
+        Ok((sums, half, out))
     }
 }
 

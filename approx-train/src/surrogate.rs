@@ -202,7 +202,7 @@ struct SplitPolarity(Surrogate);
 
 /// `[N, 2C, ...]`'s elements per image and polarity (`C·...`), and the output shape
 /// `[N, C, ...]`.
-fn split_shape(shape: &Shape) -> Result<(usize, Shape)> {
+pub(crate) fn split_shape(shape: &Shape) -> Result<(usize, Shape)> {
     let dims = shape.dims();
     if dims.len() < 2 || !dims[1].is_multiple_of(2) {
         return Err(candle_core::Error::Msg(format!(

@@ -230,8 +230,8 @@ pub struct StepResult {
 /// gradients clipped to global norm `clip` if given, and the optimizer's update.
 ///
 /// The forward graph (every activation kept for backward) is dropped before the
-/// update, so that it and the optimizer's temporaries are never in memory together:
-/// on VGG-16 the update allocates several parameter-sized tensors per layer.
+/// update, so that it and the update's buffers (the next weights of each parameter)
+/// are never in memory together.
 ///
 /// A model with checkpointed blocks, unclipped, has each block's parameters updated
 /// as soon as that block's backward ends, on a second thread while the backward goes
