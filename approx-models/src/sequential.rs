@@ -325,6 +325,7 @@ impl Step {
     /// Applies the step to `h`.
     fn forward(&self, h: &Tensor, ctx: Ctx) -> Result<Tensor> {
         match self {
+            Step::Hw(l) if ctx.values_only => hw_step(l, h, HwLayer::forward_value_only),
             Step::Hw(l) => hw_step(l, h, HwLayer::forward),
             Step::LayerNorm(ln) => ln.forward(h),
             Step::Tokens(t) => t.forward(h),
@@ -516,6 +517,10 @@ struct Ctx {
     step: u64,
     /// The model's execution mode (for steps that are not hardware layers).
     mode: ExecMode,
+    /// Nothing takes gradients of this forward (evaluation, a checkpointed block's
+    /// first run): hardware layers compute only their values
+    /// ([`HwLayer::forward_value_only`]).
+    values_only: bool,
 }
 
 /// A model that applies its steps in order.
@@ -586,9 +591,10 @@ impl Sequential {
     }
 }
 
-impl Model for Sequential {
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let ctx = Ctx {
+impl Sequential {
+    /// The context of a forward from its start.
+    fn context(&self, train: bool, values_only: bool) -> Ctx {
+        Ctx {
             train,
             pass: Pass::Forward,
             step: self.step.load(Ordering::Relaxed),
@@ -597,7 +603,18 @@ impl Model for Sequential {
                 .hw_layers()
                 .first()
                 .map_or(ExecMode::Float, |l| l.mode()),
-        };
+            values_only,
+        }
+    }
+}
+
+impl Model for Sequential {
+    fn predict(&self, x: &Tensor) -> Result<Tensor> {
+        run(&self.steps, x, self.context(false, true))
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let ctx = self.context(train, false);
         if !train || self.segments.is_empty() {
             return run(&self.steps, x, ctx);
         }
@@ -613,7 +630,13 @@ impl Model for Sequential {
                 &h,
                 params,
                 Arc::new(move |t: &Tensor, pass: Pass| {
-                    run_block(&steps[range.clone()], t, Ctx { pass, ..ctx })
+                    let values_only = pass == Pass::Forward;
+                    let ctx = Ctx {
+                        pass,
+                        values_only,
+                        ..ctx
+                    };
+                    run_block(&steps[range.clone()], t, ctx)
                 }),
             )?;
         }

@@ -52,6 +52,18 @@ impl FastConv2d {
         }
     }
 
+    /// The output shape for NCHW `input` dims and the weight's shape (`[N, 2O, H, W]`
+    /// when the op splits polarities).
+    pub(crate) fn output_shape(&self, input: &[usize], weight_shape: &Shape) -> Result<Shape> {
+        let weight = if self.polarities {
+            stacked(weight_shape)?
+        } else {
+            weight_shape.clone()
+        };
+        let geo = geometry(input, weight.dims(), self.params)?;
+        Ok(Shape::from(geo.out_shape().to_vec()))
+    }
+
     /// The output values and shape for input values `x` (NCHW `input` dims) and the
     /// weight's values.
     pub(crate) fn run(

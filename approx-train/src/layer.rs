@@ -16,21 +16,11 @@ use crate::mode::ExecMode;
 use crate::polarity::split_polarities;
 use crate::split_conv::split_surrogate_conv2d;
 use crate::ste::{straight_through, OperandQuantizer, Quantize, Quantizer, StreamQuantizer};
-use crate::surrogate::{Injection, Surrogate};
+use crate::surrogate::{Injection, Output, Surrogate};
 use crate::tiled::tiled_surrogate;
 
 /// Fraction bits of REX-SC's input and weight quantizer in front of SC layers.
 const SC_QUANT_BITS: u32 = 7;
-
-/// Whether a split-unipolar conv's surrogate keeps its partial sums for backward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sums {
-    /// In the graph, as two ops: the step's forward.
-    Kept,
-    /// Recomputed in backward ([`split_surrogate_conv2d`]): a recomputed block's last
-    /// layer, whose nested backward would otherwise hold them at the step's peak.
-    Recomputed,
-}
 
 /// Mutable state of a layer: mode, calibration and the step that keys its noise.
 #[derive(Debug, Clone)]
@@ -185,7 +175,7 @@ impl HwLayer {
         let (x, w) = self.operands(x, state.mode)?;
         let y = match state.mode {
             ExecMode::Float => self.exact(&x, &w)?,
-            ExecMode::ApproxFn => self.approx(&x, &w, None, Sums::Kept)?,
+            ExecMode::ApproxFn => self.approx(&x, &w, None, Output::Value)?,
             ExecMode::Inject => {
                 let (calibration, pattern) = if state.calibrate_next {
                     let (c, p) = self.fit_calibration(&x.detach(), &w.detach())?;
@@ -198,7 +188,7 @@ impl HwLayer {
                 } else {
                     (state.calibration, state.fixed_pattern)
                 };
-                let y = self.approx(&x, &w, calibration.map(|c| (c, state.step)), Sums::Kept)?;
+                let y = self.approx(&x, &w, calibration.map(|c| (c, state.step)), Output::Value)?;
                 match (calibration, pattern) {
                     (Some(_), Some(pattern)) => self.with_fixed_pattern(y, &pattern)?,
                     _ => y,
@@ -206,10 +196,23 @@ impl HwLayer {
             }
             ExecMode::Accurate => {
                 let hardware = self.hardware(&x.detach(), &w.detach(), state.step)?;
-                straight_through(&self.approx(&x, &w, None, Sums::Kept)?, &hardware)?
+                straight_through(&self.approx(&x, &w, None, Output::GradientOnly)?, &hardware)?
             }
         };
         self.with_bias(y)
+    }
+
+    /// The layer's output value in its current mode, for a forward that nothing
+    /// differentiates (evaluation, the first run of a checkpointed block): in
+    /// `accurate` mode the bit-accurate kernel alone, without the surrogate that gives
+    /// only its gradient; other modes are [`HwLayer::forward`]. The same values.
+    pub fn forward_value_only(&self, x: &Tensor) -> Result<Tensor> {
+        let state = self.state();
+        if state.mode != ExecMode::Accurate {
+            return self.forward(x);
+        }
+        let (x, w) = self.operands(&x.detach(), state.mode)?;
+        self.with_bias(self.hardware(&x, &w.detach(), state.step)?)
     }
 
     /// The forward of a layer whose output value nothing reads, only gradients through
@@ -231,7 +234,7 @@ impl HwLayer {
             _ => return self.forward(x),
         };
         let (x, w) = self.operands(x, state.mode)?;
-        self.with_bias(self.approx(&x, &w, inject, Sums::Recomputed)?)
+        self.with_bias(self.approx(&x, &w, inject, Output::GradientOnly)?)
     }
 
     /// `y` plus the fixed-pattern error, the same for every sample.
@@ -307,13 +310,15 @@ impl HwLayer {
 
     /// The surrogate forward (no bias): the error model on exact partial sums, with
     /// the calibrated error injected when given (with the step keying the noise).
-    /// `sums` says whether a split-unipolar conv keeps its partial sums in the graph.
+    /// With [`Output::GradientOnly`] the result only carries the gradient (its value
+    /// is not computed where the ops can skip it), and a split-unipolar conv keeps no
+    /// partial sums: they are computed in its backward ([`split_surrogate_conv2d`]).
     fn approx(
         &self,
         x: &Tensor,
         w: &Tensor,
         inject: Option<(Calibration, u64)>,
-        sums: Sums,
+        output: Output,
     ) -> Result<Tensor> {
         let injection = |unit| {
             inject.map(|(calibration, step)| Injection {
@@ -334,7 +339,7 @@ impl HwLayer {
                     model,
                     injection: injection(0),
                 }
-                .apply(&self.exact(x, w)?)
+                .apply_for(&self.exact(x, w)?, output)
             }
             PartialSums::SplitWeights => {
                 // Both polarities in one conv (the positive and negative weight parts
@@ -348,15 +353,15 @@ impl HwLayer {
                 } else {
                     plain
                 };
-                let y = match (self.op, sums) {
-                    (Layer::Conv2d(params), Sums::Recomputed) => {
+                let y = match (self.op, output) {
+                    (Layer::Conv2d(params), Output::GradientOnly) => {
                         split_surrogate_conv2d(x, w, params, surrogate)?
                     }
-                    (Layer::Conv2d(params), Sums::Kept) => {
+                    (Layer::Conv2d(params), Output::Value) => {
                         surrogate.apply_split(&crate::conv::conv2d_polarities(x, w, params)?)?
                     }
-                    (Layer::Linear, _) => {
-                        surrogate.apply_split(&self.exact(x, &split_polarities(w)?)?)?
+                    (Layer::Linear, output) => {
+                        surrogate.apply_split_for(&self.exact(x, &split_polarities(w)?)?, output)?
                     }
                 };
                 if per_polarity {
@@ -366,11 +371,15 @@ impl HwLayer {
             }
             PartialSums::Tiles { rows } => tiled_surrogate(x, w, self.op, rows, model)?,
         };
-        Surrogate {
-            model: ErrorModel::Identity,
-            injection: injection(0),
+        match injection(0) {
+            // The identity model without injection is the identity, gradient included.
+            None => Ok(y),
+            injection => Surrogate {
+                model: ErrorModel::Identity,
+                injection,
+            }
+            .apply_for(&y, output),
         }
-        .apply(&y)
     }
 
     /// Fits the bias and std polynomials from the input `x` (detached, quantized as
@@ -408,7 +417,7 @@ impl HwLayer {
             (approx, bit, counts.pos.dims()[1..].to_vec())
         } else {
             let y = self.hardware(x, w, state.step)?;
-            let approx = vec![flat(self.approx(x, w, None, Sums::Kept)?)?];
+            let approx = vec![flat(self.approx(x, w, None, Output::Value)?)?];
             (approx, vec![flat(y.clone())?], y.dims()[1..].to_vec())
         };
         let binning = state.scheme.binning();

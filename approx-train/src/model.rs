@@ -14,6 +14,13 @@ pub trait Model: Send + Sync {
     /// behaviour (batch statistics in batch norm).
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor>;
 
+    /// Logits for evaluation: the values of `forward(x, false)`, without what only
+    /// gradients need (an `accurate` hardware layer's surrogate), so the result
+    /// carries no gradient path through such layers.
+    fn predict(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward(x, false)
+    }
+
     /// The layers that run on the hardware.
     fn hw_layers(&self) -> Vec<&HwLayer>;
 

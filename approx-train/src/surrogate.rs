@@ -5,7 +5,9 @@
 //! Two ops: [`Surrogate::apply`] elementwise, and [`Surrogate::apply_split`], which
 //! takes both polarities' sums stacked along the channels and returns `model(s+) −
 //! model(s−)` in one pass (no copies of either half, no separate subtraction, and a
-//! backward that writes both halves' gradients in place).
+//! backward that writes both halves' gradients in place). Each also runs for its
+//! gradient alone ([`Output::GradientOnly`]), where nothing reads its value:
+//! `accurate` mode takes the value from the hardware.
 //!
 //! Both run in parallel over fixed chunks of at most [`CHUNK`] elements; each chunk
 //! draws its noise from its own stream of the injection's seed, so the bits do not
@@ -34,6 +36,18 @@ pub struct Injection {
     pub seed: u64,
 }
 
+/// What a surrogate op's forward computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The surrogate's value.
+    Value,
+    /// Zeros of the value's shape, for an op that only carries the gradient (the
+    /// gradient is the same): `accurate` mode's value comes from the bit-accurate
+    /// kernel, and evaluating the error model for a value nothing reads cost about a
+    /// tenth of an SC `accurate` step.
+    GradientOnly,
+}
+
 /// `y = x + bias(x) + std(x)·ε` with `x = model(s)`, elementwise over `s`, or just
 /// `y = model(s)` without injection. Gradient `(1 + bias′(x)) · model′(s)` (the noise
 /// is a constant, as in REX-SC's fused kernels).
@@ -48,7 +62,12 @@ pub struct Surrogate {
 impl Surrogate {
     /// Applies the surrogate to `s` (f32), recording its backward.
     pub fn apply(self, s: &Tensor) -> Result<Tensor> {
-        s.apply_op1(Elementwise(self))
+        self.apply_for(s, Output::Value)
+    }
+
+    /// [`Surrogate::apply`], computing its value or only carrying its gradient.
+    pub fn apply_for(self, s: &Tensor, output: Output) -> Result<Tensor> {
+        s.apply_op1(Elementwise(self, output))
     }
 
     /// The split-unipolar form: `sums` (f32, `[N, 2C, ...]`) holds the positive
@@ -56,7 +75,12 @@ impl Surrogate {
     /// result (`[N, C, ...]`) is the surrogate of the first half minus that of the
     /// second, each with its own noise when injecting (REX-SC injects per polarity).
     pub fn apply_split(self, sums: &Tensor) -> Result<Tensor> {
-        sums.apply_op1(SplitPolarity(self))
+        self.apply_split_for(sums, Output::Value)
+    }
+
+    /// [`Surrogate::apply_split`], computing its value or only carrying its gradient.
+    pub fn apply_split_for(self, sums: &Tensor, output: Output) -> Result<Tensor> {
+        sums.apply_op1(SplitPolarity(self, output))
     }
 
     /// The values of [`Surrogate::apply_split`] for stacked sums `s` (per image, the
@@ -167,7 +191,7 @@ impl Surrogate {
 
 /// The elementwise surrogate op.
 #[derive(Debug, Clone, Copy)]
-struct Elementwise(Surrogate);
+struct Elementwise(Surrogate, Output);
 
 impl CustomOp1 for Elementwise {
     fn name(&self) -> &'static str {
@@ -175,8 +199,11 @@ impl CustomOp1 for Elementwise {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let mut out = vec![0f32; layout.shape().elem_count()];
+        if self.1 == Output::GradientOnly {
+            return Ok((CpuStorage::F32(out), layout.shape().clone()));
+        }
         let s = f32_values(storage, layout, "the surrogate")?;
-        let mut out = vec![0f32; s.len()];
         out.par_chunks_mut(CHUNK)
             .zip(s.par_chunks(CHUNK))
             .enumerate()
@@ -198,7 +225,7 @@ impl CustomOp1 for Elementwise {
 
 /// The split-polarity surrogate op (see [`Surrogate::apply_split`]).
 #[derive(Debug, Clone, Copy)]
-struct SplitPolarity(Surrogate);
+struct SplitPolarity(Surrogate, Output);
 
 /// `[N, 2C, ...]`'s elements per image and polarity (`C·...`), and the output shape
 /// `[N, C, ...]`.
@@ -222,6 +249,9 @@ impl CustomOp1 for SplitPolarity {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (half, shape) = split_shape(layout.shape())?;
+        if self.1 == Output::GradientOnly {
+            return Ok((CpuStorage::F32(vec![0f32; shape.elem_count()]), shape));
+        }
         let s = f32_values(storage, layout, "the split surrogate")?;
         Ok((CpuStorage::F32(self.0.split_forward(&s, half)), shape))
     }

@@ -333,7 +333,7 @@ pub fn evaluate_with_progress(
         for (i, b) in batches.enumerate() {
             on_batch(i, count);
             let (x, y) = b?;
-            let logits = model.forward(&x, false)?;
+            let logits = model.predict(&x)?;
             correct += f64::from(
                 logits
                     .argmax(D::Minus1)?
