@@ -185,6 +185,11 @@ impl ConvGeometry {
         oh * ow
     }
 
+    /// Input values per image: `C·H·W`.
+    pub fn in_image_len(&self) -> usize {
+        self.in_channels * self.in_size.0 * self.in_size.1
+    }
+
     /// Products per output value: `C·KH·KW`.
     pub fn fan_in(&self) -> usize {
         self.in_channels * self.kernel.0 * self.kernel.1

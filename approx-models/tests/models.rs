@@ -39,6 +39,12 @@ fn every_model_runs_forward_and_backward_in_every_mode_and_round_trips() {
             let x = input(shape, 2);
             for mode in ExecMode::ALL {
                 net.set_mode(mode);
+                // Evaluation computes only values: the same bits.
+                assert_eq!(
+                    flat(&net.predict(&x).unwrap()),
+                    flat(&net.forward(&x, false).unwrap()),
+                    "{kind} {mode}"
+                );
                 let y = net.forward(&x, true).unwrap();
                 assert_eq!(y.dims(), &[2, 10], "{kind} {mode}");
                 let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
@@ -256,6 +262,9 @@ fn checkpointed_segments_give_the_plain_gradients_and_statistics() {
         ("sc:len=16,acc=or2", ExecMode::Accurate),
         ("sc:len=16,acc=or2", ExecMode::Inject),
         ("analog", ExecMode::Accurate),
+        ("mult:design=drum4", ExecMode::Accurate),
+        ("fxp", ExecMode::Accurate),
+        ("fxp", ExecMode::Inject),
         ("exact", ExecMode::Float),
     ] {
         let hw = HwMap::All(hw.parse().unwrap());

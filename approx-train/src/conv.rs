@@ -88,11 +88,52 @@ impl FastConv2d {
         weight: &Tensor,
         grad: &[f32],
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        self.backward_with(input, weight, |geo, x, run_weight, with_input_grad| {
+            backward(geo, x, run_weight, grad, with_input_grad)
+        })
+    }
+
+    /// The input (when `input` is tracked) and weight gradients of `f(conv(input,
+    /// weight))` for an `f` that acts on each image's outputs alone, where
+    /// `to_gradient(n, outputs)` overwrites image `n`'s outputs (`[O, H·W]`, `[2O,
+    /// H·W]` for split polarities) with their gradient. The outputs are computed image
+    /// by image inside the weight gradient's image groups, so the batch's outputs and
+    /// their gradient are never in memory at once, and each image's receptive fields
+    /// serve its outputs and its weight gradient. Bit for bit the gradients of
+    /// computing every output, then every gradient, then [`FastConv2d::gradients`].
+    pub(crate) fn recomputed_gradients(
+        &self,
+        input: &Tensor,
+        weight: &Tensor,
+        to_gradient: impl Fn(usize, &mut [f32]) + Sync,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        self.backward_with(input, weight, |geo, x, run_weight, with_input_grad| {
+            if whole_batch_weight_grad(geo) {
+                // That weight gradient needs every image's output gradient at once.
+                let mut grad = forward(geo, x, run_weight);
+                grad.par_chunks_mut(geo.out_channels * geo.out_pixels())
+                    .enumerate()
+                    .for_each(|(n, g)| to_gradient(n, g));
+                return backward(geo, x, run_weight, &grad, with_input_grad);
+            }
+            backward_recomputed(geo, x, run_weight, with_input_grad, &to_gradient)
+        })
+    }
+
+    /// Runs `backward(geometry, input values, run weight values, with input
+    /// gradient)` and returns its gradients as tensors (the weight's folded back from
+    /// its split polarities).
+    fn backward_with(
+        &self,
+        input: &Tensor,
+        weight: &Tensor,
+        backward: impl FnOnce(&ConvGeometry, &[f32], &[f32], bool) -> (Option<Vec<f32>>, Vec<f32>),
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let op = "fast conv2d backward";
         let (x, w) = (read_f32(input), read_f32(weight));
         let w = w.values(op)?;
         let (geo, run_weight) = self.operands(input.dims(), weight.shape(), Cow::Borrowed(&w))?;
-        let (dx, dw) = backward(&geo, &x.values(op)?, &run_weight, grad, input.track_op());
+        let (dx, dw) = backward(&geo, &x.values(op)?, &run_weight, input.track_op());
         drop(run_weight);
         let dw = if self.polarities {
             fold_gradient(&w, &dw)
@@ -190,20 +231,32 @@ fn forward(geo: &ConvGeometry, input: &[f32], weight: &[f32]) -> Vec<f32> {
         .enumerate()
         .for_each_init(
             || vec![0f32; fan_in * pixels],
-            |col, (n, out)| {
-                im2col(geo, input, n * pixels..(n + 1) * pixels, col);
-                gemm_rm(
-                    out_ch,
-                    pixels,
-                    fan_in,
-                    (weight, false),
-                    (col, false),
-                    out,
-                    false,
-                );
-            },
+            |col, (n, out)| forward_image(geo, input, weight, n, col, out),
         );
     out
+}
+
+/// Image `n`'s outputs (`[O, H·W]`) into `out`, leaving its receptive fields
+/// (`[K, H·W]`) in `col`.
+fn forward_image(
+    geo: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    n: usize,
+    col: &mut [f32],
+    out: &mut [f32],
+) {
+    let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
+    im2col(geo, input, n * pixels..(n + 1) * pixels, col);
+    gemm_rm(
+        out_ch,
+        pixels,
+        fan_in,
+        (weight, false),
+        (col, false),
+        out,
+        false,
+    );
 }
 
 /// Input (when `with_input_grad`) and weight gradients of the conv for the output
@@ -216,11 +269,117 @@ fn backward(
     grad: &[f32],
     with_input_grad: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>) {
-    let dx = with_input_grad.then(|| match InputGradConv::new(geo, weight) {
-        Some(conv) => conv.run(grad),
-        None => input_grad_by_scatter(geo, weight, grad),
+    let dx = with_input_grad.then(|| {
+        let input_grad = InputGrad::new(geo, weight);
+        let (image, per_image) = (geo.in_image_len(), geo.out_channels * geo.out_pixels());
+        let mut dx = vec![0f32; geo.batch * image];
+        dx.par_chunks_mut(image)
+            .zip(grad.par_chunks(per_image))
+            .for_each_init(Vec::new, |col, (dx, g)| {
+                input_grad.image(geo, weight, g, col, dx)
+            });
+        dx
     });
     (dx, weight_grad(geo, input, grad))
+}
+
+/// [`backward`] with each image's output gradient made from its outputs by
+/// `to_gradient` (see [`FastConv2d::recomputed_gradients`]): image by image within
+/// [`weight_grad`]'s groups, in its order, so the sums are the same.
+fn backward_recomputed(
+    geo: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    with_input_grad: bool,
+    to_gradient: &(impl Fn(usize, &mut [f32]) + Sync),
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
+    let image = geo.in_image_len();
+    let input_grad = with_input_grad.then(|| InputGrad::new(geo, weight));
+    let per_group = images_per_group(geo);
+    let groups = geo.batch.div_ceil(per_group);
+    let mut dx = vec![
+        0f32;
+        if with_input_grad {
+            geo.batch * image
+        } else {
+            0
+        }
+    ];
+    // Each group's part of the input gradient (empty without one).
+    let parts: Vec<&mut [f32]> = if with_input_grad {
+        dx.chunks_mut(per_group * image).collect()
+    } else {
+        (0..groups).map(|_| <&mut [f32]>::default()).collect()
+    };
+    let partials: Vec<Vec<f32>> = parts
+        .into_par_iter()
+        .enumerate()
+        .map(|(group, dx)| {
+            let mut dw = vec![0f32; out_ch * fan_in];
+            let mut col = vec![0f32; fan_in * pixels];
+            let mut g = vec![0f32; out_ch * pixels];
+            let mut scratch = Vec::new();
+            for (i, n) in (group * per_group..((group + 1) * per_group).min(geo.batch)).enumerate()
+            {
+                forward_image(geo, input, weight, n, &mut col, &mut g);
+                to_gradient(n, &mut g);
+                gemm_rm(
+                    out_ch,
+                    fan_in,
+                    pixels,
+                    (&g, false),
+                    (&col, true),
+                    &mut dw,
+                    true,
+                );
+                if let Some(input_grad) = &input_grad {
+                    input_grad.image(geo, weight, &g, &mut scratch, &mut dx[i * image..][..image]);
+                }
+            }
+            dw
+        })
+        .collect();
+    (
+        with_input_grad.then_some(dx),
+        sum_in_order(partials, out_ch * fan_in),
+    )
+}
+
+/// How a conv's input gradient is computed, one image at a time.
+enum InputGrad {
+    /// Stride 1: a conv of the output gradient ([`InputGradConv`]).
+    Conv(InputGradConv),
+    /// Any conv: the columns `Wᵀ·g` scattered back ([`scatter_image`]).
+    Scatter,
+}
+
+impl InputGrad {
+    fn new(geo: &ConvGeometry, weight: &[f32]) -> Self {
+        InputGradConv::new(geo, weight).map_or(Self::Scatter, Self::Conv)
+    }
+
+    /// One image's input gradient into `dx` (zeros on entry) from its output gradient
+    /// `g`; `col` is scratch space.
+    fn image(
+        &self,
+        geo: &ConvGeometry,
+        weight: &[f32],
+        g: &[f32],
+        col: &mut Vec<f32>,
+        dx: &mut [f32],
+    ) {
+        match self {
+            Self::Conv(conv) => {
+                col.resize(conv.geo.fan_in() * conv.geo.out_pixels(), 0.0);
+                forward_image(&conv.geo, g, &conv.flipped, 0, col, dx);
+            }
+            Self::Scatter => {
+                col.resize(geo.fan_in() * geo.out_pixels(), 0.0);
+                scatter_image(geo, weight, g, col, dx);
+            }
+        }
+    }
 }
 
 /// Rows of the GEMM micro-kernel (two AVX2 vectors): a GEMM with fewer rows, as the
@@ -266,35 +425,22 @@ impl InputGradConv {
         }
         Some(Self { geo: t, flipped })
     }
-
-    fn run(&self, grad: &[f32]) -> Vec<f32> {
-        forward(&self.geo, grad, &self.flipped)
-    }
 }
 
-/// The input gradient of any conv: per image, the columns `Wᵀ·g` scattered back to the
-/// input positions they were gathered from.
-fn input_grad_by_scatter(geo: &ConvGeometry, weight: &[f32], grad: &[f32]) -> Vec<f32> {
+/// The input gradient of any conv for one image: the columns `Wᵀ·g` (into `col`)
+/// scattered back to the input positions they were gathered from, added into `dx`.
+fn scatter_image(geo: &ConvGeometry, weight: &[f32], g: &[f32], col: &mut [f32], dx: &mut [f32]) {
     let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
-    let image = geo.in_channels * geo.in_size.0 * geo.in_size.1;
-    let mut dx = vec![0f32; geo.batch * image];
-    dx.par_chunks_mut(image).enumerate().for_each_init(
-        || vec![0f32; fan_in * pixels],
-        |col, (n, dx)| {
-            let g = &grad[n * out_ch * pixels..][..out_ch * pixels];
-            gemm_rm(
-                fan_in,
-                pixels,
-                out_ch,
-                (weight, true),
-                (g, false),
-                col,
-                false,
-            );
-            col2im_image(geo, col, dx);
-        },
+    gemm_rm(
+        fan_in,
+        pixels,
+        out_ch,
+        (weight, true),
+        (g, false),
+        col,
+        false,
     );
-    dx
+    col2im_image(geo, col, dx);
 }
 
 /// `dW = Σ_images g · colᵀ`, summed in a fixed number of image groups and then the
@@ -307,10 +453,10 @@ fn input_grad_by_scatter(geo: &ConvGeometry, weight: &[f32], grad: &[f32]) -> Ve
 /// whole batch instead ([`weight_grad_by_rows`]).
 fn weight_grad(geo: &ConvGeometry, input: &[f32], grad: &[f32]) -> Vec<f32> {
     let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
-    if geo.batch * pixels < WEIGHT_GRAD_GROUPS * out_ch {
+    if whole_batch_weight_grad(geo) {
         return weight_grad_by_rows(geo, input, grad);
     }
-    let per_group = geo.batch.div_ceil(WEIGHT_GRAD_GROUPS).max(1);
+    let per_group = images_per_group(geo);
     let partials: Vec<Vec<f32>> = (0..geo.batch.div_ceil(per_group))
         .into_par_iter()
         .map(|group| {
@@ -332,7 +478,24 @@ fn weight_grad(geo: &ConvGeometry, input: &[f32], grad: &[f32]) -> Vec<f32> {
             dw
         })
         .collect();
-    let mut dw = vec![0f32; out_ch * fan_in];
+    sum_in_order(partials, out_ch * fan_in)
+}
+
+/// Whether [`weight_grad`] runs as one GEMM over the whole batch
+/// ([`weight_grad_by_rows`]): where the groups' partial sums would outsize the
+/// batch's receptive fields.
+fn whole_batch_weight_grad(geo: &ConvGeometry) -> bool {
+    geo.batch * geo.out_pixels() < WEIGHT_GRAD_GROUPS * geo.out_channels
+}
+
+/// Images per group of [`weight_grad`].
+fn images_per_group(geo: &ConvGeometry) -> usize {
+    geo.batch.div_ceil(WEIGHT_GRAD_GROUPS).max(1)
+}
+
+/// The sum of the groups' partial weight gradients (`len` values each), in order.
+fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut dw = vec![0f32; len];
     for part in partials {
         dw.iter_mut().zip(part).for_each(|(x, y)| *x += y);
     }

@@ -353,6 +353,12 @@ impl HwLayer {
                 } else {
                     plain
                 };
+                // Injection on the layer output takes its slope at the output's value.
+                let output = if per_polarity || inject.is_none() {
+                    output
+                } else {
+                    Output::Value
+                };
                 let y = match (self.op, output) {
                     (Layer::Conv2d(params), Output::GradientOnly) => {
                         split_surrogate_conv2d(x, w, params, surrogate)?

@@ -7,11 +7,12 @@
 //! is the bit-accurate kernel's, and the last hardware layer of a recomputed block
 //! ([`crate::recompute`]), whose output only carries gradients. The forward then costs
 //! nothing (the two-op form computes both polarities' GEMM and the error model for a
-//! value that is thrown away), and the sums live only inside the backward call, where
-//! their gradient overwrites them: as two ops the graph holds them from the forward
-//! to the backward, and candle builds their gradient as a zero tensor plus the op's
-//! (on a checkpointed VGG-16 step they made up six of the thirteen output-sized
-//! tensors at the peak).
+//! value that is thrown away), and the backward computes the sums image by image,
+//! each image's overwritten by its gradient before the next
+//! ([`FastConv2d::recomputed_gradients`]), so the batch's sums never exist at once:
+//! as two ops the graph holds them from the forward to the backward, and candle
+//! builds their gradient as a zero tensor plus the op's (on a checkpointed VGG-16 step
+//! they made up six of the thirteen output-sized tensors at the peak).
 
 use approx_hw::Conv2dParams;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -67,16 +68,13 @@ impl CustomOp2 for RecomputedSplitConv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let op = "the split surrogate conv2d's backward";
-        let (x, w, g) = (read_f32(input), read_f32(weight), read_f32(grad));
-        let (mut sums, shape) =
-            self.conv
-                .run(input.dims(), &x.values(op)?, weight.shape(), w.values(op)?)?;
-        let (half, _) = split_shape(&shape)?;
-        drop((x, w));
-        self.surrogate
-            .split_backward(&mut sums, &g.values(op)?, half);
-        self.conv.gradients(input, weight, &sums)
+        let g = read_f32(grad);
+        let g = g.values("the split surrogate conv2d's backward")?;
+        let (half, _) = split_shape(&self.conv.output_shape(input.dims(), weight.shape())?)?;
+        self.conv.recomputed_gradients(input, weight, |n, sums| {
+            self.surrogate
+                .split_backward(sums, &g[n * half..][..half], half)
+        })
     }
 }
 
@@ -93,7 +91,8 @@ mod tests {
     }
 
     /// Both gradients equal the two-op form's bit for bit, with and without injected
-    /// error, on odd shapes, strides and paddings; the value is zeros of its shape.
+    /// error, on odd shapes, strides and paddings, through either weight gradient
+    /// (image groups, whole batch); the value is zeros of its shape.
     #[test]
     fn gradients_equal_conv_then_split_surrogate() {
         let dev = Device::Cpu;
@@ -106,6 +105,8 @@ mod tests {
             ([2, 3, 7, 6], [4, 3, 3, 3], (1, 1), (1, 1)),
             ([3, 5, 9, 9], [2, 5, 5, 3], (2, 1), (2, 0)),
             ([1, 16, 6, 5], [6, 16, 3, 3], (1, 1), (0, 2)),
+            // Image groups with the input gradient as a conv (stride 1, 16 channels).
+            ([9, 16, 8, 8], [3, 16, 3, 3], (1, 1), (1, 1)),
         ];
         for (i, (xs, ws, stride, padding)) in cases.into_iter().enumerate() {
             let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, &xs, &dev).unwrap()).unwrap();

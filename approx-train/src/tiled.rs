@@ -249,7 +249,7 @@ impl CustomOp2 for TiledSurrogate {
         let tiles = Tiles::new(self, input.dims(), weight.dims(), &w)?;
         let geo = &tiles.geo;
         let (fan_in, out_ch, per_image) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
-        let image_len = geo.in_channels * geo.in_size.0 * geo.in_size.1;
+        let image_len = geo.in_image_len();
         let units = chunks(geo.batch, tiles.chunk_images());
         let per_group = units.len().div_ceil(WEIGHT_GRAD_GROUPS).max(1);
         let mut dx = vec![0f32; geo.batch * image_len];
