@@ -195,24 +195,31 @@ def summary(facts):
         "",
         f"Medians over the rows of the per-epoch times below: a bit-accurate (`accurate`) "
         f"epoch costs {accurate_vs_float:.2f}x a float epoch. Gradient checkpointing makes "
-        f"an `accurate` epoch {checkpointed:.2f}x slower (one more forward of every block, "
-        f"each block's last hardware layer recomputed as its surrogate alone, without the "
-        f"bit-accurate kernel). At equal checkpointing an `inject` epoch costs "
-        f"{inject_vs_accurate:.2f}x an `accurate` one ({inject_vs_float:.2f}x a float epoch).",
+        f"an `accurate` epoch {checkpointed:.2f}x slower (one more forward of every block but "
+        f"its last hardware layer, whose recomputation only carries the gradient). At equal "
+        f"checkpointing an `inject` epoch costs {inject_vs_accurate:.2f}x an `accurate` one "
+        f"({inject_vs_float:.2f}x a float epoch).",
         "",
         "The paper's speed-up comes from replacing the bit-level simulation, which in REX-SC's "
         "CUDA kernels costs many times a float layer, by the cheap injection surrogate for most "
         "epochs. Here the bit-accurate kernels are themselves fast (bit-packed SC streams at "
         "about 1-2x candle's f32 conv; see the README's kernel tables), and both modes pay for "
-        "the surrogate's forward and backward (for SC two polarity sums and the OR-n function "
-        "per output), which is most of a step on these small inputs. What `inject` saves is "
-        "the bit-accurate kernel; the injected error itself (vectorised f32 Gaussians and two "
-        "degree-5 polynomials per output) now costs little. The accelerated schedule also pays "
-        "for checkpointing: its recomputation (a surrogate forward of every block and a nested "
-        "backward, no bit-accurate kernel) costs about what the injection saves, so it runs at "
-        "about the baseline's speed. On this toolkit the fast way to fine-tune a small model is the baseline, bit-accurate "
-        "every step; `inject` pays without checkpointing and where the bit-accurate kernel is "
-        "the larger part of a step (bigger maps, 64-cycle streams).",
+        "the surrogate's backward (for SC both polarities' sums, recomputed in backward, and "
+        "the slope of the OR-n function per output), which is most of a step on these small "
+        "inputs. An `inject` step runs the surrogate's forward (the sums, the OR-n function "
+        "and the injected error) in place of the bit-accurate kernel; an `accurate` step runs "
+        "the kernel and no surrogate forward, since its value comes from the kernel. The two "
+        "cost about the same. (In the previous table, commit `9c9b870`, the `accurate` step "
+        "also ran the surrogate's forward for a value it threw away: an `accurate` epoch cost "
+        "3.07x a float one and checkpointing made it 1.15x slower.) Checkpointing is now "
+        "cheap: a block's first run computes only values (an `accurate` layer its kernel "
+        "alone), and its recomputation runs neither the kernel nor the surrogate's forward of "
+        "its last layer. So the accelerated schedule runs at about the baseline's speed, and "
+        "both cost 2-4x float fine-tuning, because both run the surrogate's backward, which "
+        "for split-unipolar hardware is twice a float layer's GEMMs (both weight polarities). "
+        "On this toolkit `inject` pays where the bit-accurate kernel is the larger part of a "
+        "step (bigger maps, longer streams, table multipliers); on TinyConv's small maps "
+        "bit-accurate training every step is as fast.",
         "",
         "### Where the accuracy goes",
         "",
