@@ -43,8 +43,7 @@ pub enum Output {
     Value,
     /// Zeros of the value's shape, for an op that only carries the gradient (the
     /// gradient is the same): `accurate` mode's value comes from the bit-accurate
-    /// kernel, and evaluating the error model for a value nothing reads cost about a
-    /// tenth of an SC `accurate` step.
+    /// kernel, so the error model need not be evaluated for a value nothing reads.
     GradientOnly,
 }
 
