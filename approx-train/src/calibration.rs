@@ -2,6 +2,8 @@
 //! bit-accurate forward against the approximation, binned by the approximation's
 //! value and fitted with degree-5 polynomials for its mean (bias) and spread (std).
 
+use std::ops::Range;
+
 /// Polynomial degree of the bias and std models.
 pub const DEGREE: usize = 5;
 
@@ -143,11 +145,16 @@ impl Calibration {
 
     /// Fits bias and std from the approximation's values `approx` and the bit-accurate
     /// values `bit` of the same units (same length). Returns the zero calibration when
-    /// too few bins are populated to fit anything.
+    /// too few bins are populated to fit anything. Pairs with a non-finite value (a
+    /// diverging run) are left out of the bins and of the bins' range.
     pub fn fit(approx: &[f32], bit: &[f32], binning: Binning) -> Calibration {
+        let finite = |v: f32| v.is_finite();
         let (starts, width, offset, need_all) = match binning {
             Binning::RexSc => {
-                let max = bit.iter().fold(0f32, |m, &v| m.max(v)) as f64;
+                let max = bit
+                    .iter()
+                    .filter(|&&v| finite(v))
+                    .fold(0f32, |m, &v| m.max(v)) as f64;
                 let starts: Vec<f64> = (0..BINS)
                     .map(|i| max * i as f64 / (BINS - 1) as f64)
                     .collect();
@@ -156,6 +163,7 @@ impl Calibration {
             Binning::Range => {
                 let (lo, hi) = approx
                     .iter()
+                    .filter(|&&v| finite(v))
                     .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
                         (a.min(v), b.max(v))
                     });
@@ -165,23 +173,11 @@ impl Calibration {
                 (starts, width, width / 2.0, false)
             }
         };
+        let bins = Bins::new(&starts, width, binning == Binning::Range);
         let mut points = Vec::new();
-        for (i, &start) in starts.iter().enumerate() {
-            let last = binning == Binning::Range && i == BINS - 1;
-            let errs: Vec<f64> = approx
-                .iter()
-                .zip(bit)
-                .filter(|(&a, _)| {
-                    let a = a as f64;
-                    a >= start && (a < start + width || last)
-                })
-                .map(|(&a, &b)| b as f64 - a as f64)
-                .collect();
-            if errs.len() > 1 {
-                let n = errs.len() as f64;
-                let mean = errs.iter().sum::<f64>() / n;
-                let var = errs.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0);
-                points.push((start + offset, mean, var.sqrt()));
+        for (start, stats) in starts.iter().zip(bins.residual_stats(approx, bit)) {
+            if let Some((mean, std)) = stats {
+                points.push((start + offset, mean, std));
             }
         }
         let mut cal = Calibration {
@@ -212,6 +208,106 @@ impl Calibration {
         }
         cal
     }
+}
+
+/// The calibration's bins: bin `i` holds the values `a` with `starts[i] <= a <
+/// starts[i] + width`, the last bin also every larger value when `last_open`. Bins
+/// may overlap (a value then counts in each) or leave gaps.
+struct Bins<'a> {
+    /// The bins' lower edges, ascending.
+    starts: &'a [f64],
+    /// Every bin's width (value units).
+    width: f64,
+    /// Whether the last bin has no upper edge.
+    last_open: bool,
+    /// Bins per value unit, from the first start to the last (∞ when they are equal).
+    steps_per_unit: f64,
+}
+
+impl<'a> Bins<'a> {
+    fn new(starts: &'a [f64], width: f64, last_open: bool) -> Self {
+        let n = starts.len();
+        Bins {
+            starts,
+            width,
+            last_open,
+            steps_per_unit: (n - 1).max(1) as f64 / (starts[n - 1] - starts[0]),
+        }
+    }
+
+    /// The bins holding `a`: a run of consecutive bins, since the edges ascend (the
+    /// bins with `starts[i] <= a` are a prefix, those with `a < starts[i] + width` a
+    /// suffix). Each end of the run is first estimated from the mean spacing of the
+    /// starts (both binnings space them evenly) and then moved until the exact
+    /// comparisons above hold: the result is theirs whatever the rounding.
+    fn holding(&self, a: f64) -> Range<usize> {
+        let starts = self.starts;
+        let n = starts.len();
+        let below = |i: usize| starts[i] <= a;
+        let past = |i: usize| starts[i] + self.width <= a;
+        let end = settle(self.estimate(a), n, below);
+        let mut begin = settle(self.estimate(a - self.width).min(end), end, past);
+        if self.last_open && end == n {
+            begin = begin.min(n - 1);
+        }
+        begin..end
+    }
+
+    /// About how many starts are `<= a` (a float-to-integer cast saturates: NaN and
+    /// negatives give 0).
+    fn estimate(&self, a: f64) -> usize {
+        (((a - self.starts[0]) * self.steps_per_unit) as usize)
+            .saturating_add(1)
+            .min(self.starts.len())
+    }
+
+    /// Per bin, the mean and the sample std of the residuals `bit − approx` of the
+    /// finite pairs whose `approx` it holds, or `None` for a bin with fewer than two.
+    /// Two passes over the data (the sums, then the squared deviations from the
+    /// means), each adding a bin's residuals in the data's order from `−0.0` (as
+    /// `Iterator::sum` does), instead of a pass per bin.
+    fn residual_stats(&self, approx: &[f32], bit: &[f32]) -> Vec<Option<(f64, f64)>> {
+        let residuals = || {
+            approx
+                .iter()
+                .zip(bit)
+                .filter(|(a, b)| a.is_finite() && b.is_finite())
+                .map(|(&a, &b)| {
+                    let a = f64::from(a);
+                    (self.holding(a), f64::from(b) - a)
+                })
+        };
+        let bins = self.starts.len();
+        let (mut count, mut sum) = (vec![0usize; bins], vec![-0.0f64; bins]);
+        for (held, e) in residuals() {
+            for i in held {
+                count[i] += 1;
+                sum[i] += e;
+            }
+        }
+        let mean: Vec<f64> = sum.iter().zip(&count).map(|(s, &n)| s / n as f64).collect();
+        let mut squares = vec![-0.0f64; bins];
+        for (held, e) in residuals() {
+            for i in held {
+                squares[i] += (e - mean[i]).powi(2);
+            }
+        }
+        (0..bins)
+            .map(|i| (count[i] > 1).then(|| (mean[i], (squares[i] / (count[i] - 1) as f64).sqrt())))
+            .collect()
+    }
+}
+
+/// The length of the prefix of `0..n` where `holds` is true (`holds` must be true on a
+/// prefix), found by stepping from the guess `at`.
+fn settle(mut at: usize, n: usize, holds: impl Fn(usize) -> bool) -> usize {
+    while at < n && holds(at) {
+        at += 1;
+    }
+    while at > 0 && !holds(at - 1) {
+        at -= 1;
+    }
+    at
 }
 
 /// Residuals of one group of injection units (SC: one polarity), sample-major:
@@ -428,6 +524,74 @@ fn least_squares(x: &[f64], y: &[f64]) -> [f64; DEGREE + 1] {
 
 #[cfg(test)]
 mod tests {
+    /// The per-bin statistics against one filtering pass per bin, the obvious form:
+    /// the same bits, on bins that overlap, leave gaps, coincide or end open, with
+    /// values on and beside every edge and non-finite values among them.
+    #[test]
+    fn one_pass_binning_matches_a_pass_per_bin() {
+        use super::{Bins, BINS};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        // (first start, spacing, width, last bin open); the dyadic ones put values
+        // exactly on the edges.
+        let layouts: [(f64, f64, f64, bool); 8] = [
+            (0.0, 0.25, 0.25, true),
+            (-1.0, 0.0625, 0.125, false),
+            (0.0, 1.0 / 29.0, 0.1, false),
+            (0.0, 0.5, 0.1, false),
+            (-0.37, 0.061, 0.061, true),
+            (0.0, 0.0, 0.1, false),
+            (1e-3, 1e-9, 1e-9, true),
+            (0.0, 0.0, f64::MIN_POSITIVE, true),
+        ];
+        for (first, step, width, last_open) in layouts {
+            let starts: Vec<f64> = (0..BINS).map(|i| first + step * i as f64).collect();
+            let top = starts[BINS - 1] + 2.0 * width + 0.1;
+            let mut approx: Vec<f32> = (0..4000)
+                .map(|_| rng.random_range(first - 0.1..top) as f32)
+                .collect();
+            for s in &starts {
+                for v in [*s, *s + width] {
+                    approx.extend([v as f32, f32::from_bits((v as f32).to_bits() + 1)]);
+                    approx.push(f32::from_bits((v as f32).to_bits().saturating_sub(1)));
+                }
+            }
+            approx.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY]);
+            let mut bit: Vec<f32> = approx
+                .iter()
+                .map(|a| a + rng.random_range(-0.05f32..0.05))
+                .collect();
+            bit[7] = f32::NAN;
+            let bins = Bins::new(&starts, width, last_open);
+            let got = bins.residual_stats(&approx, &bit);
+            for (i, &start) in starts.iter().enumerate() {
+                let last = last_open && i == BINS - 1;
+                let errs: Vec<f64> = approx
+                    .iter()
+                    .zip(&bit)
+                    .filter(|(a, b)| a.is_finite() && b.is_finite())
+                    .filter(|(&a, _)| {
+                        let a = f64::from(a);
+                        a >= start && (a < start + width || last)
+                    })
+                    .map(|(&a, &b)| f64::from(b) - f64::from(a))
+                    .collect();
+                let want = (errs.len() > 1).then(|| {
+                    let n = errs.len() as f64;
+                    let mean = errs.iter().sum::<f64>() / n;
+                    let var = errs.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0);
+                    (mean, var.sqrt())
+                });
+                let bits = |v: Option<(f64, f64)>| v.map(|(m, s)| (m.to_bits(), s.to_bits()));
+                assert_eq!(
+                    bits(got[i]),
+                    bits(want),
+                    "bin {i} of {starts:?} width {width}"
+                );
+            }
+        }
+    }
+
     /// Outside the fitted range the error model holds its edge values instead of
     /// extrapolating the polynomials.
     #[test]
