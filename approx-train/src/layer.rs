@@ -12,6 +12,7 @@ use candle_core::{Result, Tensor, Var};
 use crate::calibration::{
     fit_with_fixed_pattern, Calibration, CalibrationScheme, Residuals, DEGREE,
 };
+use crate::fixed_pattern::add_fixed_pattern;
 use crate::mode::ExecMode;
 use crate::polarity::split_polarities;
 use crate::split_conv::split_surrogate_conv2d;
@@ -239,15 +240,12 @@ impl HwLayer {
 
     /// `y` plus the fixed-pattern error, the same for every sample.
     fn with_fixed_pattern(&self, y: Tensor, pattern: &Tensor) -> Result<Tensor> {
-        if y.dims().get(1..) != Some(pattern.dims()) {
-            return Err(err(format!(
-                "layer `{}`: its fixed-pattern error has shape {:?}, its outputs {:?} (calibrated for another input size?)",
-                self.name,
-                pattern.dims(),
-                y.dims()
-            )));
-        }
-        y.broadcast_add(&pattern.unsqueeze(0)?)
+        add_fixed_pattern(&y, pattern).map_err(|e| {
+            err(format!(
+                "layer `{}`: {e} (calibrated for another input size?)",
+                self.name
+            ))
+        })
     }
 
     /// `y` plus the bias, if any (per output channel).

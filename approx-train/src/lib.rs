@@ -31,6 +31,7 @@ pub mod alloc;
 pub mod calibration;
 pub mod conv;
 pub mod data;
+pub mod fixed_pattern;
 pub mod io;
 pub mod layer;
 pub mod mode;
