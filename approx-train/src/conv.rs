@@ -66,7 +66,7 @@ impl FastConv2d {
 
     /// The output values and shape for input values `x` (NCHW `input` dims) and the
     /// weight's values.
-    fn run(
+    pub(crate) fn run(
         &self,
         input: &[usize],
         x: &[f32],

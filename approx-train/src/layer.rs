@@ -357,14 +357,11 @@ impl HwLayer {
                 } else {
                     Output::Value
                 };
-                let y = match (self.op, output) {
-                    (Layer::Conv2d(params), Output::GradientOnly) => {
-                        split_surrogate_conv2d(x, w, params, surrogate)?
+                let y = match self.op {
+                    Layer::Conv2d(params) => {
+                        split_surrogate_conv2d(x, w, params, surrogate, output)?
                     }
-                    (Layer::Conv2d(params), Output::Value) => {
-                        surrogate.apply_split(&crate::conv::conv2d_polarities(x, w, params)?)?
-                    }
-                    (Layer::Linear, output) => {
+                    Layer::Linear => {
                         surrogate.apply_split_for(&self.exact(x, &split_polarities(w)?)?, output)?
                     }
                 };

@@ -1,64 +1,91 @@
-//! A split-unipolar conv's surrogate for its gradient alone, as one op that keeps no
-//! partial sums: the gradients of `surrogate.apply_split(conv2d_polarities(x, w))`,
-//! bit for bit, with the stacked sums (twice the output's size) computed in backward,
-//! and zeros for its value.
+//! A split-unipolar conv and its surrogate as one op: `surrogate.apply_split(
+//! conv2d_polarities(x, w))` bit for bit, value and gradients, without the stacked
+//! partial sums (twice the output's size) passing through candle's graph.
 //!
-//! It serves where nothing reads the surrogate's value: `accurate` mode, whose value
-//! is the bit-accurate kernel's, and the last hardware layer of a recomputed block
-//! ([`crate::recompute`]), whose output only carries gradients. The forward then costs
-//! nothing (the two-op form computes both polarities' GEMM and the error model for a
-//! value that is thrown away), and the backward computes the sums image by image,
-//! each image's overwritten by its gradient before the next
-//! ([`FastConv2d::recomputed_gradients`]), so the batch's sums never exist at once:
-//! as two ops the graph holds them from the forward to the backward, and candle
-//! builds their gradient as a zero tensor plus the op's (on a checkpointed VGG-16 step
-//! they made up six of the thirteen output-sized tensors at the peak).
+//! As two ops, the graph holds the sums from the forward to the backward, the
+//! surrogate's backward copies them to write their gradient, and candle accumulates
+//! that gradient into a zeroed tensor of their size before the conv's backward reads
+//! it: three passes over twice the output, every step, for nothing. Here the op keeps
+//! the sums it computed and overwrites them with their gradient in backward.
+//!
+//! For its gradient alone ([`Output::GradientOnly`]) it keeps no sums at all and
+//! returns zeros for its value. That serves where nothing reads the surrogate's value:
+//! `accurate` mode, whose value is the bit-accurate kernel's, and the last hardware
+//! layer of a recomputed block ([`crate::recompute`]), whose output only carries
+//! gradients. The forward then costs nothing, and the backward computes the sums
+//! image by image, each image's overwritten by its gradient before the next
+//! ([`FastConv2d::recomputed_gradients`]), so the batch's sums never exist at once (on
+//! a checkpointed VGG-16 step, as two ops, they made up six of the thirteen
+//! output-sized tensors at the peak).
+
+use std::sync::Mutex;
 
 use approx_hw::Conv2dParams;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use crate::conv::FastConv2d;
-use crate::storage::read_f32;
-use crate::surrogate::{split_shape, Surrogate};
+use crate::storage::{f32_values, read_f32};
+use crate::surrogate::{split_shape, Output, Surrogate};
 
-/// The gradients of `surrogate.apply_split(conv2d_polarities(input, weight, params))`
-/// with zeros of its output's shape for the value, holding only `input` and `weight`
-/// for backward (see the module docs).
+/// `surrogate.apply_split(conv2d_polarities(input, weight, params))` as one op (see
+/// the module docs): its value and gradients, or with [`Output::GradientOnly`] zeros
+/// of its output's shape for the value and the same gradients, holding only `input`
+/// and `weight` for backward.
 pub fn split_surrogate_conv2d(
     input: &Tensor,
     weight: &Tensor,
     params: Conv2dParams,
     surrogate: Surrogate,
+    output: Output,
 ) -> Result<Tensor> {
     input.apply_op2(
         weight,
-        RecomputedSplitConv {
+        SplitSurrogateConv {
             conv: FastConv2d::polarities(params),
             surrogate,
+            output,
+            sums: Mutex::new(None),
         },
     )
 }
 
 /// The op behind [`split_surrogate_conv2d`].
-struct RecomputedSplitConv {
+struct SplitSurrogateConv {
     conv: FastConv2d,
     surrogate: Surrogate,
+    output: Output,
+    /// The stacked sums of the forward that computed them, until the backward turns
+    /// them into their gradient (a second backward recomputes them).
+    sums: Mutex<Option<Vec<f32>>>,
 }
 
-impl CustomOp2 for RecomputedSplitConv {
+impl CustomOp2 for SplitSurrogateConv {
     fn name(&self) -> &'static str {
         "split-surrogate-conv2d"
     }
 
     fn cpu_fwd(
         &self,
-        _s1: &CpuStorage,
+        s1: &CpuStorage,
         l1: &Layout,
-        _s2: &CpuStorage,
+        s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, shape) = split_shape(&self.conv.output_shape(l1.dims(), l2.shape())?)?;
-        Ok((CpuStorage::F32(vec![0f32; shape.elem_count()]), shape))
+        if self.output == Output::GradientOnly {
+            let (_, shape) = split_shape(&self.conv.output_shape(l1.dims(), l2.shape())?)?;
+            return Ok((CpuStorage::F32(vec![0f32; shape.elem_count()]), shape));
+        }
+        let op = "the split surrogate conv2d";
+        let (sums, shape) = self.conv.run(
+            l1.dims(),
+            &f32_values(s1, l1, op)?,
+            l2.shape(),
+            f32_values(s2, l2, op)?,
+        )?;
+        let (half, shape) = split_shape(&shape)?;
+        let value = self.surrogate.split_forward(&sums, half);
+        *self.sums.lock().unwrap_or_else(|e| e.into_inner()) = Some(sums);
+        Ok((CpuStorage::F32(value), shape))
     }
 
     fn bwd(
@@ -71,6 +98,11 @@ impl CustomOp2 for RecomputedSplitConv {
         let g = read_f32(grad);
         let g = g.values("the split surrogate conv2d's backward")?;
         let (half, _) = split_shape(&self.conv.output_shape(input.dims(), weight.shape())?)?;
+        let kept = self.sums.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut sums) = kept {
+            self.surrogate.split_backward(&mut sums, &g, half);
+            return self.conv.gradients(input, weight, &sums);
+        }
         self.conv.recomputed_gradients(input, weight, |n, sums| {
             self.surrogate
                 .split_backward(sums, &g[n * half..][..half], half)
@@ -90,11 +122,12 @@ mod tests {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
 
-    /// Both gradients equal the two-op form's bit for bit, with and without injected
-    /// error, on odd shapes, strides and paddings, through either weight gradient
-    /// (image groups, whole batch); the value is zeros of its shape.
+    /// The value (or zeros, for the gradient alone) and both gradients equal the
+    /// two-op form's bit for bit, with and without injected error, on odd shapes,
+    /// strides and paddings, through either weight gradient (image groups, whole
+    /// batch); a second backward of the same forward (the sums then recomputed) too.
     #[test]
-    fn gradients_equal_conv_then_split_surrogate() {
+    fn value_and_gradients_equal_conv_then_split_surrogate() {
         let dev = Device::Cpu;
         let calibration = Calibration {
             bias: [0.01, -0.02, 0.003, 0.0, 0.0, 0.0],
@@ -112,43 +145,35 @@ mod tests {
             let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, &xs, &dev).unwrap()).unwrap();
             let w = Var::from_tensor(&Tensor::rand(-0.5f32, 0.5, &ws, &dev).unwrap()).unwrap();
             let params = Conv2dParams { stride, padding };
-            for injection in [
-                None,
-                Some(Injection {
-                    calibration,
-                    seed: i as u64,
-                }),
-            ] {
+            for (injection, output) in [None, Some(i as u64)]
+                .into_iter()
+                .flat_map(|seed| [(seed, Output::Value), (seed, Output::GradientOnly)])
+            {
                 let surrogate = Surrogate {
                     model: ErrorModel::OrN { n: 2 },
-                    injection,
+                    injection: injection.map(|seed| Injection { calibration, seed }),
                 };
+                let case = format!("case {i}, {injection:?}, {output:?}");
                 let two_ops = surrogate
                     .apply_split(&crate::conv::conv2d_polarities(&x, &w, params).unwrap())
                     .unwrap();
-                let fused = split_surrogate_conv2d(&x, &w, params, surrogate).unwrap();
-                assert_eq!(fused.dims(), two_ops.dims(), "case {i}");
-                assert!(values(&fused).iter().all(|&v| v == 0.0), "case {i}");
-                let probe = Tensor::rand(-1f32, 1.0, two_ops.shape(), &dev).unwrap();
-                let g_two = (two_ops * &probe)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                let g_fused = (fused * &probe)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                for v in [&x, &w] {
-                    assert_eq!(
-                        values(g_fused.get(v).unwrap()),
-                        values(g_two.get(v).unwrap()),
-                        "case {i}"
-                    );
+                let fused = split_surrogate_conv2d(&x, &w, params, surrogate, output).unwrap();
+                assert_eq!(fused.dims(), two_ops.dims(), "{case}");
+                let bits = |t: &Tensor| values(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                match output {
+                    Output::Value => assert_eq!(bits(&fused), bits(&two_ops), "{case}"),
+                    Output::GradientOnly => {
+                        assert!(values(&fused).iter().all(|&v| v == 0.0), "{case}")
+                    }
                 }
+                let probe = Tensor::rand(-1f32, 1.0, two_ops.shape(), &dev).unwrap();
+                let gradients = |y: &Tensor| {
+                    let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                    [&x, &w].map(|v| values(g.get(v).unwrap()))
+                };
+                let want = gradients(&two_ops);
+                assert_eq!(gradients(&fused), want, "{case}");
+                assert_eq!(gradients(&fused), want, "{case}, second backward");
             }
         }
     }

@@ -84,7 +84,7 @@ impl Surrogate {
 
     /// The values of [`Surrogate::apply_split`] for stacked sums `s` (per image, the
     /// `half` positive sums, then the `half` negative ones).
-    fn split_forward(&self, s: &[f32], half: usize) -> Vec<f32> {
+    pub(crate) fn split_forward(&self, s: &[f32], half: usize) -> Vec<f32> {
         let mut out = vec![0f32; s.len() / 2];
         if half == 0 {
             return out;
