@@ -225,6 +225,7 @@ struct Bins<'a> {
 }
 
 impl<'a> Bins<'a> {
+    /// The bins of `starts` (at least one), each `width` wide.
     fn new(starts: &'a [f64], width: f64, last_open: bool) -> Self {
         let n = starts.len();
         Bins {
