@@ -111,15 +111,39 @@ fn im2col_unit_stride<T: Copy + Default>(
     }
 }
 
+/// Writes image `image`'s input planes, zero-padded by the conv's padding, into
+/// `out` (`C x (H + 2·PY) x (W + 2·PX)`): a stride-1 conv's receptive fields are
+/// runs of these planes.
+pub fn zero_padded_planes<T: Copy + Default>(
+    geo: &ConvGeometry,
+    input: &[T],
+    image: usize,
+    out: &mut [T],
+) {
+    let (h, w) = geo.in_size;
+    let (py, px) = geo.params.padding;
+    let (ph, pw) = geo.padded_size();
+    let planes = &input[image * geo.in_image_len()..][..geo.in_image_len()];
+    out.fill(T::default());
+    for (plane, padded) in planes
+        .chunks_exact(h * w)
+        .zip(out.chunks_exact_mut(ph * pw))
+    {
+        for (y, src) in plane.chunks_exact(w).enumerate() {
+            padded[(y + py) * pw + px..][..w].copy_from_slice(src);
+        }
+    }
+}
+
 /// `dst.copy_from_slice(src)` in fixed blocks of eight, which compile to inline
 /// vector moves rather than a `memcpy` call per map row.
 fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
-    let mut d = dst.chunks_exact_mut(8);
-    let mut s = src.chunks_exact(8);
-    for (d, s) in (&mut d).zip(&mut s) {
-        d.copy_from_slice(s);
+    let (d, d_rest) = dst.as_chunks_mut::<8>();
+    let (s, s_rest) = src.as_chunks::<8>();
+    for (d, s) in d.iter_mut().zip(s) {
+        *d = *s;
     }
-    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+    for (d, s) in d_rest.iter_mut().zip(s_rest) {
         *d = *s;
     }
 }

@@ -1,19 +1,24 @@
-//! The float conv2d of every training layer: im2col + GEMM forward and both backward
-//! passes, as one candle op. candle's own CPU conv2d is several times slower, and
-//! its backward (a direct `conv_transpose2d` loop) slower still; approximate-hardware
-//! training runs two or more exact convs per layer per step, so this is its hot path.
+//! The float conv2d of every training layer: forward and both backward passes as one
+//! candle op, each a matrix product per image: the forward and the stride-1 input
+//! gradient through this crate's FMA micro-kernel ([`crate::microkernel`], reading a
+//! stride-1 conv's receptive fields from the padded input in place), the weight
+//! gradient through the `gemm` crate over im2col's matrix. candle's own CPU conv2d is
+//! several times slower, and its backward (a direct `conv_transpose2d` loop) slower
+//! still; approximate-hardware training runs two or more exact convs per layer per
+//! step, so this is its hot path.
 
 use std::borrow::Cow;
 
-use approx_hw::im2col::{col2im_image, im2col};
+use approx_hw::im2col::{col2im_image, im2col, zero_padded_planes};
 use approx_hw::{Conv2dParams, ConvGeometry};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::microkernel::{self, Fields, PackedWeights};
 use crate::polarity::{fold_gradient, split_values, stacked};
 use crate::storage::{f32_values, read_f32};
 
-/// `conv2d(input, weight)` (NCHW, OIHW, f32, no bias) through im2col + GEMM, with
+/// `conv2d(input, weight)` (NCHW, OIHW, f32, no bias) as matrix products, with
 /// backward. Matches candle's `Tensor::conv2d` within float rounding.
 pub fn conv2d(input: &Tensor, weight: &Tensor, params: Conv2dParams) -> Result<Tensor> {
     input.apply_op2(
@@ -225,38 +230,91 @@ pub(crate) fn gemm_rm(
 pub(crate) const WEIGHT_GRAD_GROUPS: usize = 8;
 
 fn forward(geo: &ConvGeometry, input: &[f32], weight: &[f32]) -> Vec<f32> {
-    let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
-    let mut out = vec![0f32; geo.batch * out_ch * pixels];
-    out.par_chunks_mut(out_ch * pixels)
+    let per_image = geo.out_channels * geo.out_pixels();
+    let product = ForwardProduct::new(geo, weight);
+    let mut out = vec![0f32; geo.batch * per_image];
+    out.par_chunks_mut(per_image)
         .enumerate()
-        .for_each_init(
-            || vec![0f32; fan_in * pixels],
-            |col, (n, out)| forward_image(geo, input, weight, n, col, out),
-        );
+        .for_each_init(Vec::new, |scratch, (n, out)| {
+            product.image(geo, input, n, scratch, out)
+        });
     out
 }
 
-/// Image `n`'s outputs (`[O, H·W]`) into `out`, leaving its receptive fields
-/// (`[K, H·W]`) in `col`.
-fn forward_image(
-    geo: &ConvGeometry,
-    input: &[f32],
-    weight: &[f32],
-    n: usize,
-    col: &mut [f32],
-    out: &mut [f32],
-) {
-    let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
-    im2col(geo, input, n * pixels..(n + 1) * pixels, col);
-    gemm_rm(
-        out_ch,
-        pixels,
-        fan_in,
-        (weight, false),
-        (col, false),
-        out,
-        false,
-    );
+/// Output maps at least this wide are computed from the input's zero-padded planes
+/// in place (a stride-1 conv's receptive fields are runs of them), with no im2col
+/// matrix: on TinyConv's 32 → 32 layer that matrix was 800 KB per image, written
+/// and then read back from beyond L2. Narrower maps would leave the micro-kernel's
+/// whole tiles unused.
+const MIN_IN_PLACE_WIDTH: usize = microkernel::LANES;
+
+/// A conv's forward product `W · Col`, image by image ([`microkernel`]): the packed
+/// weights, and where each image's receptive fields are read.
+struct ForwardProduct {
+    weight: PackedWeights,
+    /// The receptive fields' offsets in the zero-padded planes, for a conv that
+    /// reads them in place ([`MIN_IN_PLACE_WIDTH`]).
+    in_place: Option<Vec<usize>>,
+    /// The rows' offsets in the im2col matrix.
+    matrix: Vec<usize>,
+}
+
+impl ForwardProduct {
+    /// The product for the conv `geo` with weights `weight` (`[O, C, KH, KW]`).
+    fn new(geo: &ConvGeometry, weight: &[f32]) -> Self {
+        let (_, ow) = geo.out_size();
+        let in_place = (geo.params.stride == (1, 1) && ow >= MIN_IN_PLACE_WIDTH)
+            .then(|| Fields::padded_starts(geo.in_channels, geo.kernel, geo.padded_size()));
+        Self {
+            weight: PackedWeights::new(weight, geo.out_channels, geo.fan_in()),
+            in_place,
+            matrix: Fields::matrix_starts(geo.fan_in(), geo.out_pixels()),
+        }
+    }
+
+    /// Image `n`'s outputs (`[O, H·W]`) into `out`; `scratch` holds its zero-padded
+    /// planes or its im2col matrix.
+    fn image(
+        &self,
+        geo: &ConvGeometry,
+        input: &[f32],
+        n: usize,
+        scratch: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let Some(starts) = &self.in_place else {
+            scratch.resize(geo.fan_in() * geo.out_pixels(), 0.0);
+            return self.image_with_fields(geo, input, n, scratch, out);
+        };
+        let (ph, pw) = geo.padded_size();
+        scratch.resize(geo.in_channels * ph * pw, 0.0);
+        zero_padded_planes(geo, input, n, scratch);
+        let (oh, ow) = geo.out_size();
+        let fields = Fields {
+            values: scratch,
+            starts,
+            height: oh,
+            width: ow,
+            pitch: pw,
+        };
+        microkernel::multiply(&self.weight, &fields, out);
+    }
+
+    /// Image `n`'s outputs (`[O, H·W]`) into `out` through its receptive fields,
+    /// which it leaves in `col` (`[K, H·W]`).
+    fn image_with_fields(
+        &self,
+        geo: &ConvGeometry,
+        input: &[f32],
+        n: usize,
+        col: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let pixels = geo.out_pixels();
+        im2col(geo, input, n * pixels..(n + 1) * pixels, col);
+        let fields = Fields::matrix(col, &self.matrix, pixels);
+        microkernel::multiply(&self.weight, &fields, out);
+    }
 }
 
 /// Input (when `with_input_grad`) and weight gradients of the conv for the output
@@ -296,6 +354,7 @@ fn backward_recomputed(
     let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
     let image = geo.in_image_len();
     let input_grad = with_input_grad.then(|| InputGrad::new(geo, weight));
+    let product = ForwardProduct::new(geo, weight);
     let per_group = images_per_group(geo);
     let groups = geo.batch.div_ceil(per_group);
     let mut dx = vec![
@@ -322,7 +381,7 @@ fn backward_recomputed(
             let mut scratch = Vec::new();
             for (i, n) in (group * per_group..((group + 1) * per_group).min(geo.batch)).enumerate()
             {
-                forward_image(geo, input, weight, n, &mut col, &mut g);
+                product.image_with_fields(geo, input, n, &mut col, &mut g);
                 to_gradient(n, &mut g);
                 gemm_rm(
                     out_ch,
@@ -370,10 +429,7 @@ impl InputGrad {
         dx: &mut [f32],
     ) {
         match self {
-            Self::Conv(conv) => {
-                col.resize(conv.geo.fan_in() * conv.geo.out_pixels(), 0.0);
-                forward_image(&conv.geo, g, &conv.flipped, 0, col, dx);
-            }
+            Self::Conv(conv) => conv.product.image(&conv.geo, g, 0, col, dx),
             Self::Scatter => {
                 col.resize(geo.fan_in() * geo.out_pixels(), 0.0);
                 scatter_image(geo, weight, g, col, dx);
@@ -382,28 +438,25 @@ impl InputGrad {
     }
 }
 
-/// Rows of the GEMM micro-kernel (two AVX2 vectors): a GEMM with fewer rows, as the
-/// input gradient of a conv on a 3-channel image, wastes most of every vector, and the
-/// scatter path is faster there (2x on TinyConv's first layer).
-const MIN_GEMM_ROWS: usize = 16;
-
 /// The input gradient of a stride-1 conv as a conv of the output gradient: with the
 /// kernel flipped and its channel axes swapped, and padding `k − 1 − p`, it is the
-/// forward conv again: one GEMM per image into the gradient itself, with fan-in
+/// forward conv again: one product per image into the gradient itself, with fan-in
 /// `O·KH·KW`. The general path's GEMM (fan-in `O`) writes `C·KH·KW` columns per pixel
-/// that a scatter then adds up.
+/// that a scatter then adds up. The forward's micro-kernel broadcasts the rows (here
+/// the input channels), so even a 3-channel input's gradient fills its vectors
+/// (TinyConv's first layer: backward 17.3 → 15.9 ms against the scatter).
 struct InputGradConv {
     geo: ConvGeometry,
-    flipped: Vec<f32>,
+    /// The product with the flipped kernel.
+    product: ForwardProduct,
 }
 
 impl InputGradConv {
-    /// `None` unless the stride is 1, the padding at most `k − 1` on both axes and
-    /// the input has at least [`MIN_GEMM_ROWS`] channels (the GEMM's rows here).
+    /// `None` unless the stride is 1 and the padding at most `k − 1` on both axes.
     fn new(geo: &ConvGeometry, weight: &[f32]) -> Option<Self> {
         let (kh, kw) = geo.kernel;
         let (py, px) = geo.params.padding;
-        if geo.params.stride != (1, 1) || py >= kh || px >= kw || geo.in_channels < MIN_GEMM_ROWS {
+        if geo.params.stride != (1, 1) || py >= kh || px >= kw {
             return None;
         }
         let (oh, ow) = geo.out_size();
@@ -423,7 +476,8 @@ impl InputGradConv {
                 }
             }
         }
-        Some(Self { geo: t, flipped })
+        let product = ForwardProduct::new(&t, &flipped);
+        Some(Self { geo: t, product })
     }
 }
 
@@ -614,10 +668,18 @@ mod tests {
             (2, 3, 6, 9, 4, 5, 1, 2),
             // Padding of at least the kernel: the input gradient by scatter.
             (1, 2, 5, 5, 3, 2, 1, 2),
-            // 16 or more input channels at stride 1: the input gradient as a conv.
+            // Stride 1: the input gradient as a conv.
             (2, 16, 6, 7, 3, 3, 1, 1),
             (1, 17, 5, 8, 4, 5, 1, 2),
             (2, 16, 5, 5, 2, 1, 1, 0),
+            // Outputs 16 or more wide at stride 1: read from the padded planes in
+            // place, with tiles and a rest per map row; the input gradient too where
+            // the input is as wide.
+            (2, 3, 6, 20, 5, 3, 1, 1),
+            (1, 4, 5, 33, 7, 5, 1, 2),
+            (2, 2, 3, 16, 13, 1, 1, 0),
+            // As wide at stride 2: through the matrix.
+            (1, 2, 6, 40, 3, 3, 2, 1),
             // Weights outsizing the maps: the weight gradient over the whole batch,
             // with a partial last block of rows.
             (3, 4, 2, 2, 70, 3, 1, 1),

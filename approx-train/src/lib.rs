@@ -34,6 +34,7 @@ pub mod data;
 pub mod fixed_pattern;
 pub mod io;
 pub mod layer;
+mod microkernel;
 pub mod mode;
 pub mod model;
 pub mod optim;

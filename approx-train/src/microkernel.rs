@@ -1,0 +1,499 @@
+//! `C = W · Col`, the product at the heart of every conv forward here: a few rows of
+//! weights (`m x k`, the output channels by the fan-in) against an image's receptive
+//! fields (`k x n`, row-major, `n` pixels wide), through register-blocked FMA
+//! micro-kernels.
+//!
+//! Why not the `gemm` crate, used elsewhere: on TinyConv's 32 → 32 layer (`m` = 32,
+//! `k` = 800, `n` = 256, image by image) it packs both operands on every call and
+//! ran at 42-51 GFLOP/s on one core of this machine, whose FMA peak is about 93; this
+//! module reads the receptive fields where im2col wrote them and packs the weights
+//! once per batch, and ran at 64-67 GFLOP/s there.
+//!
+//! Every output is one fused multiply-add chain over `k` in ascending order, starting
+//! from zero: its bits depend on nothing else (not the blocking, the kernel, the
+//! thread count or the instruction set). With AVX2 and FMA the chains run eight lanes
+//! to a register; elsewhere the same code is compiled for the build's baseline, where
+//! `f32::mul_add` gives the same bits (through a library call on x86-64 CPUs without
+//! FMA).
+
+/// Lanes of the accumulator rows: two eight-lane registers. The pixel kernel
+/// ([`pixel_kernel`]) runs this many pixels per row, the row kernel
+/// ([`row_kernel`]) this many rows per pixel.
+pub(crate) const LANES: usize = 16;
+
+/// Most accumulator rows per kernel call: six of two registers are twelve
+/// accumulators, which with the two loaded vectors and the broadcast value fill 15 of
+/// AVX2's 16 registers.
+const MAX_ROWS: usize = 6;
+
+/// Fan-in per block of the pixel kernel: a tile's receptive fields for one block
+/// (`LANES` x 256 values, 16 KiB) stay in L1 while every row block runs over them.
+const MAX_DEPTH: usize = 256;
+
+/// The weights of `C = W · Col` laid out for the kernels: `W` transposed, so that the
+/// rows' weights for one fan-in position are adjacent, and padded with zero rows to
+/// a multiple of [`LANES`], so that the row kernel reads whole vectors. Packed once
+/// and used for every image of a batch.
+pub(crate) struct PackedWeights {
+    /// Rows of `W` (output channels).
+    rows: usize,
+    /// Columns of `W` (the fan-in, `k`).
+    depth: usize,
+    /// Values per fan-in position in `transposed`: `rows` rounded up to [`LANES`].
+    stride: usize,
+    /// `W[i][j]` at `j · stride + i`.
+    transposed: Vec<f32>,
+}
+
+impl PackedWeights {
+    /// Packs the row-major `rows x depth` matrix `w`.
+    pub(crate) fn new(w: &[f32], rows: usize, depth: usize) -> Self {
+        assert_eq!(w.len(), rows * depth, "weights are rows x depth");
+        let stride = rows.next_multiple_of(LANES);
+        let mut transposed = vec![0f32; stride * depth];
+        for (i, row) in w.chunks_exact(depth.max(1)).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                transposed[j * stride + i] = v;
+            }
+        }
+        Self {
+            rows,
+            depth,
+            stride,
+            transposed,
+        }
+    }
+}
+
+/// Where the kernels read the receptive fields of one image: fan-in position `j`'s
+/// value for output pixel `(y, x)` at `values[starts[j] + y · pitch + x]`. Im2col's
+/// matrix is one map row (`starts[j] = j · n`); a stride-1 conv can read its input's
+/// zero-padded planes in place, with no matrix at all ([`Fields::padded_starts`]).
+pub(crate) struct Fields<'a> {
+    /// The values read.
+    pub(crate) values: &'a [f32],
+    /// Per fan-in position, the offset of output pixel `(0, 0)`'s value.
+    pub(crate) starts: &'a [usize],
+    /// Output map rows.
+    pub(crate) height: usize,
+    /// Output pixels per map row.
+    pub(crate) width: usize,
+    /// Offset between consecutive map rows' values.
+    pub(crate) pitch: usize,
+}
+
+impl<'a> Fields<'a> {
+    /// An im2col matrix: `depth x n` row-major, with `starts` = `0, n, 2n, ...`.
+    pub(crate) fn matrix(values: &'a [f32], starts: &'a [usize], n: usize) -> Self {
+        Self {
+            values,
+            starts,
+            height: 1,
+            width: n,
+            pitch: n,
+        }
+    }
+
+    /// The offsets of an im2col matrix's rows, `n` values apart, for
+    /// [`Fields::matrix`].
+    pub(crate) fn matrix_starts(depth: usize, n: usize) -> Vec<usize> {
+        (0..depth).map(|j| j * n).collect()
+    }
+
+    /// The offsets of a stride-1 conv's receptive fields in its input's zero-padded
+    /// planes (`channels` planes of `padded` = (rows, columns) values), for a
+    /// `kernel` = (rows, columns): fan-in position `(c, i, j)` reads the plane of
+    /// channel `c` from row `i`, column `j` on. The pitch is the padded width.
+    pub(crate) fn padded_starts(
+        channels: usize,
+        kernel: (usize, usize),
+        padded: (usize, usize),
+    ) -> Vec<usize> {
+        let (kh, kw) = kernel;
+        let plane = padded.0 * padded.1;
+        (0..channels * kh * kw)
+            .map(|k| (k / (kh * kw)) * plane + (k / kw % kh) * padded.1 + k % kw)
+            .collect()
+    }
+
+    /// The number of output pixels.
+    fn pixels(&self) -> usize {
+        self.height * self.width
+    }
+}
+
+/// `out = w · fields`: `out` is `rows x pixels` row-major (overwritten), pixel
+/// `(y, x)` at column `y · width + x`.
+pub(crate) fn multiply(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
+    assert_eq!(
+        fields.starts.len(),
+        w.depth,
+        "one start per fan-in position"
+    );
+    assert!(out.len() >= w.rows * fields.pixels());
+    if fields.pixels() > 0 {
+        let last = (fields.height - 1) * fields.pitch + fields.width;
+        assert!(
+            fields.width <= fields.pitch
+                && fields
+                    .starts
+                    .iter()
+                    .all(|&s| s + last <= fields.values.len()),
+            "receptive fields outside their values"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        fn fma(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
+            blocks(w, fields, out)
+        }
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        return unsafe { fma(w, fields, out) };
+    }
+    blocks(w, fields, out)
+}
+
+/// Calls `kernel::<N>(args)` for `N` = `$n`, 1 to [`MAX_ROWS`].
+macro_rules! by_count {
+    ($n:expr, $kernel:ident($($arg:expr),*)) => {
+        match $n {
+            1 => $kernel::<1>($($arg),*),
+            2 => $kernel::<2>($($arg),*),
+            3 => $kernel::<3>($($arg),*),
+            4 => $kernel::<4>($($arg),*),
+            5 => $kernel::<5>($($arg),*),
+            6 => $kernel::<6>($($arg),*),
+            _ => unreachable!("blocks hold 1 to {MAX_ROWS}"),
+        }
+    };
+}
+
+/// The blocked loops around the kernels. Whole tiles of [`LANES`] pixels of a map
+/// row go through [`pixel_kernel`]: fan-in blocks outermost, so that a block of the
+/// packed weights serves every tile, then the tiles, whose receptive fields serve
+/// every row block. The pixels after a map row's last whole tile (all of them in a
+/// map under 16 pixels wide, as VGG's last 2x2 layers or a classifier conv's single
+/// pixel) go through [`row_kernel`], which runs across rows instead and wastes no
+/// lanes on them.
+#[inline(always)]
+fn blocks(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
+    let (m, k, n) = (w.rows, w.depth, fields.pixels());
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out[..m * n].fill(0.0);
+        return;
+    }
+    let whole = fields.width / LANES * LANES;
+    let row_blocks = blocks_of(m, MAX_ROWS);
+    let depth = k.div_ceil(k.div_ceil(MAX_DEPTH));
+    for k0 in (0..k).step_by(depth) {
+        let kk = depth.min(k - k0);
+        for y in 0..fields.height {
+            for x0 in (0..whole).step_by(LANES) {
+                for &(r0, rows) in &row_blocks {
+                    let at = Operands {
+                        weights: &w.transposed[k0 * w.stride + r0..],
+                        weight_stride: w.stride,
+                        values: fields.values,
+                        first: y * fields.pitch + x0,
+                        starts: &fields.starts[k0..k0 + kk],
+                    };
+                    let out = &mut out[r0 * n + y * fields.width + x0..];
+                    by_count!(rows, pixel_kernel(at, out, n, k0 > 0));
+                }
+            }
+        }
+    }
+    for y in 0..fields.height {
+        for (x0, pixels) in blocks_of(fields.width - whole, MAX_ROWS) {
+            let x0 = whole + x0;
+            for r0 in (0..m).step_by(LANES) {
+                let at = Operands {
+                    weights: &w.transposed[r0..],
+                    weight_stride: w.stride,
+                    values: fields.values,
+                    first: y * fields.pitch + x0,
+                    starts: fields.starts,
+                };
+                let rows = LANES.min(m - r0);
+                let out = &mut out[r0 * n + y * fields.width + x0..];
+                by_count!(pixels, row_kernel(at, out, n, rows));
+            }
+        }
+    }
+}
+
+/// `count` items as blocks `(first, len)` of at most `max`, as even as possible (32
+/// rows by 6: 6, 6, 5, 5, 5, 5), so that no block leaves most of its accumulators
+/// idle.
+fn blocks_of(count: usize, max: usize) -> Vec<(usize, usize)> {
+    let blocks = count.div_ceil(max);
+    if blocks == 0 {
+        return Vec::new();
+    }
+    let (base, longer) = (count / blocks, count % blocks);
+    let mut first = 0;
+    (0..blocks)
+        .map(|b| {
+            let len = base + usize::from(b < longer);
+            first += len;
+            (first - len, len)
+        })
+        .collect()
+}
+
+/// One kernel call's inputs: the weights (`weights[j · weight_stride + r]` for the
+/// call's row `r` at its fan-in position `j`) and the receptive fields
+/// (`values[starts[j] + first + p]` for the call's pixel `p`), over the fan-in
+/// positions of `starts`.
+struct Operands<'a> {
+    weights: &'a [f32],
+    weight_stride: usize,
+    values: &'a [f32],
+    first: usize,
+    starts: &'a [usize],
+}
+
+impl Operands<'_> {
+    /// Checks that every fan-in position has `R` weights from the call's first row,
+    /// for [`Operands::weights`].
+    #[inline(always)]
+    fn check_weights<const R: usize>(&self) {
+        if let Some(last) = self.starts.len().checked_sub(1) {
+            assert!(self.weights.len() >= last * self.weight_stride + R);
+        }
+    }
+
+    /// Position `j`'s `R` weights from the call's first row.
+    ///
+    /// # Safety
+    ///
+    /// `j` is below `starts.len()`, and [`Operands::check_weights`] passed for `R`.
+    #[inline(always)]
+    unsafe fn weights<const R: usize>(&self, j: usize) -> &[f32; R] {
+        // SAFETY: as the caller promises, within the weights checked.
+        unsafe {
+            &*self
+                .weights
+                .as_ptr()
+                .add(j * self.weight_stride)
+                .cast::<[f32; R]>()
+        }
+    }
+
+    /// Position `j`'s receptive fields of the call's first `P` pixels.
+    ///
+    /// # Safety
+    ///
+    /// `j` is below `starts.len()` and the pixels lie in the map of the
+    /// [`Fields`] that [`multiply`] checked.
+    #[inline(always)]
+    unsafe fn fields<const P: usize>(&self, j: usize) -> &[f32; P] {
+        // SAFETY: as the caller promises, within the values `multiply` checked.
+        unsafe {
+            let start = *self.starts.get_unchecked(j);
+            &*self
+                .values
+                .as_ptr()
+                .add(start + self.first)
+                .cast::<[f32; P]>()
+        }
+    }
+}
+
+/// `R` rows by [`LANES`] pixels of `out` (row stride `out_stride`): each the FMA
+/// chain over the operands' fan-in, continued from `out`'s value when `accumulate`,
+/// from zero otherwise. The accumulators are fixed-size arrays that the compiler
+/// keeps in registers: per fan-in position, two vectors of receptive fields and a
+/// broadcast weight per row.
+#[inline(always)]
+fn pixel_kernel<const R: usize>(
+    at: Operands,
+    out: &mut [f32],
+    out_stride: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[0f32; LANES]; R];
+    if accumulate {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            acc.copy_from_slice(&out[r * out_stride..][..LANES]);
+        }
+    }
+    at.check_weights::<R>();
+    for j in 0..at.starts.len() {
+        // SAFETY: `j` is a fan-in position of the call, whose weights were checked,
+        // and `blocks` calls this kernel on whole tiles of a map row.
+        let (weights, fields) = unsafe { (at.weights::<R>(j), at.fields::<LANES>(j)) };
+        for (acc, &w) in acc.iter_mut().zip(weights) {
+            for (a, &c) in acc.iter_mut().zip(fields) {
+                *a = w.mul_add(c, *a);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        out[r * out_stride..][..LANES].copy_from_slice(acc);
+    }
+}
+
+/// The first `rows` (up to [`LANES`]) rows by `P` pixels of `out` (row stride
+/// `out_stride`), each the FMA chain over the operands' fan-in from zero: per fan-in
+/// position, two vectors of weights (the packing's zero rows fill them) and a
+/// broadcast receptive field per pixel.
+#[inline(always)]
+fn row_kernel<const P: usize>(at: Operands, out: &mut [f32], out_stride: usize, rows: usize) {
+    let mut acc = [[0f32; LANES]; P];
+    at.check_weights::<LANES>();
+    for j in 0..at.starts.len() {
+        // SAFETY: `j` is a fan-in position of the call, whose weights were checked,
+        // and `blocks` calls this kernel on pixels of one map row.
+        let (weights, fields) = unsafe { (at.weights::<LANES>(j), at.fields::<P>(j)) };
+        for (acc, &c) in acc.iter_mut().zip(fields) {
+            for (a, &w) in acc.iter_mut().zip(weights) {
+                *a = w.mul_add(c, *a);
+            }
+        }
+    }
+    for (p, acc) in acc.iter().enumerate() {
+        for (r, &v) in acc[..rows].iter().enumerate() {
+            out[r * out_stride + p] = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// The definition: each output the FMA chain over the fan-in in order, from zero.
+    fn reference(w: &[f32], m: usize, k: usize, cols: &[f32], n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for p in 0..n {
+                out[i * n + p] =
+                    (0..k).fold(0f32, |acc, j| w[i * k + j].mul_add(cols[j * n + p], acc));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_output_is_the_fma_chain_in_order() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        // Rows across every block split, fan-ins across one and several depth blocks
+        // (uneven ones included), widths with and without a partial tile.
+        let shapes = [
+            (1, 1, 1),
+            (32, 800, 256),
+            (7, 257, 17),
+            (64, 513, 100),
+            (10, 1024, 1),
+            (13, 3, 31),
+            (6, 256, 16),
+            (512, 300, 4),
+            (33, 40, 15),
+        ];
+        for (m, k, n) in shapes {
+            let w: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0f32)).collect();
+            let cols: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0f32)).collect();
+            let mut out = vec![f32::NAN; m * n];
+            let starts = Fields::matrix_starts(k, n);
+            let fields = Fields::matrix(&cols, &starts, n);
+            multiply(&PackedWeights::new(&w, m, k), &fields, &mut out);
+            let expected = reference(&w, m, k, &cols, n);
+            let same = out
+                .iter()
+                .zip(&expected)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "m {m}, k {k}, n {n}");
+        }
+    }
+
+    #[test]
+    fn padded_planes_read_the_fields_im2col_writes() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        // (channels, rows, kernel, padding, output rows and columns)
+        for (c, m, (kh, kw), (py, px), (oh, ow)) in [
+            (3, 7, (5, 5), (2, 2), (32, 32)),
+            (32, 32, (5, 5), (2, 2), (16, 16)),
+            (4, 20, (3, 2), (1, 0), (5, 37)),
+            (2, 17, (1, 1), (0, 0), (3, 16)),
+        ] {
+            let (ph, pw) = (oh + kh - 1, ow + kw - 1);
+            // Zero-padded planes with random values inside the padding.
+            let mut planes = vec![0f32; c * ph * pw];
+            for (i, v) in planes.iter_mut().enumerate() {
+                let (y, x) = (i / pw % ph, i % pw);
+                if (py..ph - py).contains(&y) && (px..pw - px).contains(&x) {
+                    *v = rng.random_range(-1.0..1.0f32);
+                }
+            }
+            let k = c * kh * kw;
+            let n = oh * ow;
+            let mut matrix = vec![0f32; k * n];
+            for (row, values) in matrix.chunks_exact_mut(n).enumerate() {
+                let (ch, i, j) = (row / (kh * kw), row / kw % kh, row % kw);
+                for (p, v) in values.iter_mut().enumerate() {
+                    *v = planes[ch * ph * pw + (p / ow + i) * pw + p % ow + j];
+                }
+            }
+            let w: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0f32)).collect();
+            let w = PackedWeights::new(&w, m, k);
+            let starts = Fields::padded_starts(c, (kh, kw), (ph, pw));
+            let padded = Fields {
+                values: &planes,
+                starts: &starts,
+                height: oh,
+                width: ow,
+                pitch: pw,
+            };
+            let mut direct = vec![f32::NAN; m * n];
+            multiply(&w, &padded, &mut direct);
+            let matrix_starts = Fields::matrix_starts(k, n);
+            let mut through_matrix = vec![f32::NAN; m * n];
+            multiply(
+                &w,
+                &Fields::matrix(&matrix, &matrix_starts, n),
+                &mut through_matrix,
+            );
+            let same = direct
+                .iter()
+                .zip(&through_matrix)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "c {c}, kernel {kh}x{kw}, output {oh}x{ow}");
+        }
+    }
+
+    #[test]
+    fn an_empty_fan_in_gives_zeros() {
+        let mut out = vec![f32::NAN; 6];
+        multiply(
+            &PackedWeights::new(&[], 2, 0),
+            &Fields::matrix(&[], &[], 3),
+            &mut out,
+        );
+        assert_eq!(out, vec![0.0; 6]);
+    }
+
+    #[test]
+    fn blocks_cover_the_rows_evenly() {
+        assert_eq!(
+            blocks_of(32, MAX_ROWS),
+            vec![(0, 6), (6, 6), (12, 5), (17, 5), (22, 5), (27, 5)]
+        );
+        assert!(blocks_of(0, MAX_ROWS).is_empty());
+        for m in 1..200 {
+            let blocks = blocks_of(m, MAX_ROWS);
+            let mut next = 0;
+            for &(first, rows) in &blocks {
+                assert!(first == next && (1..=MAX_ROWS).contains(&rows), "m {m}");
+                next += rows;
+            }
+            assert_eq!(next, m);
+        }
+    }
+}
