@@ -9,6 +9,10 @@
 //! module reads the receptive fields where im2col wrote them and packs the weights
 //! once per batch, and ran at 64-67 GFLOP/s there.
 //!
+//! The weight gradient `dW += G · Colᵀ` (an image's output gradient against its
+//! receptive fields, summed over the pixels) runs through the same kind of kernel
+//! ([`WeightGradient`]), its chains continuing from image to image.
+//!
 //! Every output is one fused multiply-add chain over `k` in ascending order, starting
 //! from zero: its bits depend on nothing else (not the blocking, the kernel, the
 //! thread count or the instruction set). With AVX2 and FMA the chains run eight lanes
@@ -125,12 +129,24 @@ impl<'a> Fields<'a> {
 /// `out = w · fields`: `out` is `rows x pixels` row-major (overwritten), pixel
 /// `(y, x)` at column `y · width + x`.
 pub(crate) fn multiply(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
-    assert_eq!(
-        fields.starts.len(),
-        w.depth,
-        "one start per fan-in position"
-    );
+    check_fields(fields, w.depth);
     assert!(out.len() >= w.rows * fields.pixels());
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        fn fma(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
+            blocks(w, fields, out)
+        }
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        return unsafe { fma(w, fields, out) };
+    }
+    blocks(w, fields, out)
+}
+
+/// Checks that `fields` has `depth` fan-in positions whose maps lie inside its
+/// values, which the kernels read unchecked.
+fn check_fields(fields: &Fields, depth: usize) {
+    assert_eq!(fields.starts.len(), depth, "one start per fan-in position");
     if fields.pixels() > 0 {
         let last = (fields.height - 1) * fields.pitch + fields.width;
         assert!(
@@ -142,16 +158,6 @@ pub(crate) fn multiply(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
             "receptive fields outside their values"
         );
     }
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        #[target_feature(enable = "avx2,fma")]
-        fn fma(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
-            blocks(w, fields, out)
-        }
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        return unsafe { fma(w, fields, out) };
-    }
-    blocks(w, fields, out)
 }
 
 /// Calls `kernel::<N>(args)` for `N` = `$n`, 1 to [`MAX_ROWS`].
@@ -363,6 +369,141 @@ fn row_kernel<const P: usize>(at: Operands, out: &mut [f32], out_stride: usize, 
     }
 }
 
+/// A weight gradient `dW` (`rows x depth`: the output channels by the fan-in) summed
+/// image by image: `dW[o][k] += Σ_p g[o][p] · field(k, p)` over an image's pixels
+/// `p` in order, each entry one FMA chain over every image added, in the order added,
+/// from zero. Kept transposed (`depth x stride`, rows padded to [`LANES`]) for its
+/// kernel ([`gradient_kernel`]): per pixel, two vectors of the output gradient and a
+/// broadcast receptive field per fan-in position, as [`row_kernel`].
+pub(crate) struct WeightGradient {
+    rows: usize,
+    depth: usize,
+    /// `rows` rounded up to [`LANES`].
+    stride: usize,
+    /// `dW[o][k]` at `k · stride + o`.
+    transposed: Vec<f32>,
+    /// An image's output gradient, transposed and padded as `transposed`.
+    grad: Vec<f32>,
+}
+
+impl WeightGradient {
+    /// A zero gradient for `rows` output channels and fan-in `depth`.
+    pub(crate) fn new(rows: usize, depth: usize) -> Self {
+        let stride = rows.next_multiple_of(LANES);
+        Self {
+            rows,
+            depth,
+            stride,
+            transposed: vec![0f32; depth * stride],
+            grad: Vec::new(),
+        }
+    }
+
+    /// Adds one image's part: `grad` is its output gradient (`rows x pixels`
+    /// row-major, pixel `(y, x)` at column `y · width + x`) and `fields` its
+    /// receptive fields.
+    pub(crate) fn add(&mut self, grad: &[f32], fields: &Fields) {
+        check_fields(fields, self.depth);
+        let pixels = fields.pixels();
+        if pixels == 0 {
+            return;
+        }
+        assert!(grad.len() >= self.rows * pixels);
+        self.grad.clear();
+        self.grad.resize(pixels * self.stride, 0.0);
+        for (o, row) in grad.chunks_exact(pixels).take(self.rows).enumerate() {
+            for (p, &g) in row.iter().enumerate() {
+                self.grad[p * self.stride + o] = g;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            #[target_feature(enable = "avx2,fma")]
+            fn fma(dw: &mut WeightGradient, fields: &Fields) {
+                dw.add_blocks(fields)
+            }
+            // SAFETY: the CPU has AVX2 and FMA, checked just above.
+            return unsafe { fma(self, fields) };
+        }
+        self.add_blocks(fields)
+    }
+
+    /// [`gradient_kernel`] over blocks of fan-in positions and of [`LANES`] rows.
+    #[inline(always)]
+    fn add_blocks(&mut self, fields: &Fields) {
+        for (k0, positions) in blocks_of(self.depth, MAX_ROWS) {
+            for o0 in (0..self.rows).step_by(LANES) {
+                let at = GradientOperands {
+                    grad: &self.grad[o0..],
+                    grad_stride: self.stride,
+                    fields,
+                    starts: &fields.starts[k0..k0 + positions],
+                };
+                let out = &mut self.transposed[k0 * self.stride + o0..];
+                by_count!(positions, gradient_kernel(at, out, self.stride));
+            }
+        }
+    }
+
+    /// The gradient, row-major (`rows x depth`).
+    pub(crate) fn into_rows(self) -> Vec<f32> {
+        let mut dw = vec![0f32; self.rows * self.depth];
+        for (k, column) in self.transposed.chunks_exact(self.stride).enumerate() {
+            for (o, &v) in column[..self.rows].iter().enumerate() {
+                dw[o * self.depth + k] = v;
+            }
+        }
+        dw
+    }
+}
+
+/// One [`gradient_kernel`] call's inputs: the transposed output gradient from the
+/// call's first row (`grad[p · grad_stride + l]` for pixel `p`, lane `l`) and the
+/// receptive fields of the call's fan-in positions (`starts`).
+struct GradientOperands<'a> {
+    grad: &'a [f32],
+    grad_stride: usize,
+    fields: &'a Fields<'a>,
+    starts: &'a [usize],
+}
+
+/// `K` fan-in positions by [`LANES`] rows of a transposed gradient `out` (stride
+/// `out_stride` per position): each chain continued over the image's pixels, map
+/// row by map row.
+#[inline(always)]
+fn gradient_kernel<const K: usize>(at: GradientOperands, out: &mut [f32], out_stride: usize) {
+    let fields = at.fields;
+    let starts: &[usize; K] = at.starts.try_into().expect("K fan-in positions");
+    assert!(
+        at.grad.len() >= (fields.pixels() - 1) * at.grad_stride + LANES
+            && out.len() >= (K - 1) * out_stride + LANES
+    );
+    let mut acc = [[0f32; LANES]; K];
+    for (k, acc) in acc.iter_mut().enumerate() {
+        acc.copy_from_slice(&out[k * out_stride..][..LANES]);
+    }
+    let (values, grad) = (fields.values.as_ptr(), at.grad.as_ptr());
+    for y in 0..fields.height {
+        // SAFETY (all three blocks): `check_fields` put every start's map inside the
+        // values, so each position's map row `y` is readable for `width` values, and
+        // the assertion covers the gradient rows of every pixel.
+        let rows = starts.map(|s| unsafe { values.add(s + y * fields.pitch) });
+        let grad = unsafe { grad.add(y * fields.width * at.grad_stride) };
+        for x in 0..fields.width {
+            let g = unsafe { &*grad.add(x * at.grad_stride).cast::<[f32; LANES]>() };
+            for (acc, row) in acc.iter_mut().zip(&rows) {
+                let f = unsafe { *row.add(x) };
+                for (a, &g) in acc.iter_mut().zip(g) {
+                    *a = g.mul_add(f, *a);
+                }
+            }
+        }
+    }
+    for (k, acc) in acc.iter().enumerate() {
+        out[k * out_stride..][..LANES].copy_from_slice(acc);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +606,42 @@ mod tests {
                 .zip(&through_matrix)
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "c {c}, kernel {kh}x{kw}, output {oh}x{ow}");
+        }
+    }
+
+    #[test]
+    fn weight_gradient_chains_over_images_and_pixels_in_order() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for (m, k, n, images) in [
+            (32, 800, 256, 3),
+            (10, 13, 1, 2),
+            (17, 7, 20, 4),
+            (1, 6, 5, 1),
+        ] {
+            let grads: Vec<Vec<f32>> = (0..images)
+                .map(|_| (0..m * n).map(|_| rng.random_range(-1.0..1.0f32)).collect())
+                .collect();
+            let cols: Vec<Vec<f32>> = (0..images)
+                .map(|_| (0..k * n).map(|_| rng.random_range(-1.0..1.0f32)).collect())
+                .collect();
+            let starts = Fields::matrix_starts(k, n);
+            let mut dw = WeightGradient::new(m, k);
+            for (g, col) in grads.iter().zip(&cols) {
+                dw.add(g, &Fields::matrix(col, &starts, n));
+            }
+            let dw = dw.into_rows();
+            for o in 0..m {
+                for j in 0..k {
+                    let expected = grads.iter().zip(&cols).fold(0f32, |acc, (g, col)| {
+                        (0..n).fold(acc, |acc, p| g[o * n + p].mul_add(col[j * n + p], acc))
+                    });
+                    assert_eq!(
+                        dw[o * k + j].to_bits(),
+                        expected.to_bits(),
+                        "m {m} k {k} n {n}"
+                    );
+                }
+            }
         }
     }
 
