@@ -244,9 +244,10 @@ fn forward(geo: &ConvGeometry, input: &[f32], weight: &[f32]) -> Vec<f32> {
 /// Output maps at least this wide are read from the input's zero-padded planes in
 /// place (a stride-1 conv's receptive fields are runs of them), with no im2col
 /// matrix: on TinyConv's 32 → 32 layer that matrix was 800 KB per image, written and
-/// then read back from beyond L2. Narrower maps would leave the micro-kernel's whole
-/// tiles unused.
-const MIN_IN_PLACE_WIDTH: usize = microkernel::LANES;
+/// then read back from beyond L2. On its 8x8 layer, in place measured the same
+/// forward and a 20 % faster backward (the weight gradient needs no matrix either);
+/// narrower maps would run the micro-kernel's short row blocks only.
+const MIN_IN_PLACE_WIDTH: usize = 8;
 
 /// Where a conv reads each image's receptive fields ([`Fields`]): in place from its
 /// zero-padded planes, or from its im2col matrix.

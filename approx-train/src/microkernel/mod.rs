@@ -1,29 +1,29 @@
 //! `C = W · Col`, the product at the heart of every conv forward here: a few rows of
 //! weights (`m x k`, the output channels by the fan-in) against an image's receptive
-//! fields (`k x n`, row-major, `n` pixels wide), through register-blocked FMA
-//! micro-kernels.
+//! fields (`k x n`, `n` output pixels), through register-blocked FMA micro-kernels;
+//! and the weight gradient `dW += G · Colᵀ` ([`WeightGradient`]).
 //!
 //! Why not the `gemm` crate, used elsewhere: on TinyConv's 32 → 32 layer (`m` = 32,
 //! `k` = 800, `n` = 256, image by image) it packs both operands on every call and
-//! ran at 42-51 GFLOP/s on one core of this machine, whose FMA peak is about 93; this
-//! module reads the receptive fields where im2col wrote them and packs the weights
-//! once per batch, and ran at 64-67 GFLOP/s there.
-//!
-//! The weight gradient `dW += G · Colᵀ` (an image's output gradient against its
-//! receptive fields, summed over the pixels) runs through the same kind of kernel
-//! ([`WeightGradient`]), its chains continuing from image to image.
+//! ran at 42-51 GFLOP/s on one core of this machine, whose FMA peak is about 93. Here
+//! the weights are packed once per batch and the receptive fields are read where they
+//! lie ([`Fields`]): in im2col's matrix, or for a stride-1 conv in the input's
+//! zero-padded planes themselves, with no matrix at all.
 //!
 //! Every output is one fused multiply-add chain over `k` in ascending order, starting
-//! from zero: its bits depend on nothing else (not the blocking, the kernel, the
-//! thread count or the instruction set). With AVX2 and FMA the chains run eight lanes
-//! to a register; elsewhere the same code is compiled for the build's baseline, where
-//! `f32::mul_add` gives the same bits (through a library call on x86-64 CPUs without
-//! FMA).
+//! from zero (the weight gradient: over the pixels of every image added, in order):
+//! its bits depend on nothing else (not the blocking, the kernel, the thread count or
+//! the instruction set, [`lanes`]).
 
-/// Lanes of the accumulator rows: two eight-lane registers. The pixel kernel
-/// ([`pixel_kernel`]) runs this many pixels per row, the row kernel
-/// ([`row_kernel`]) this many rows per pixel.
-pub(crate) const LANES: usize = 16;
+mod gradient;
+mod lanes;
+
+pub(crate) use gradient::WeightGradient;
+pub(crate) use lanes::LANES;
+
+#[cfg(target_arch = "x86_64")]
+use lanes::Avx2;
+use lanes::{Portable, Row};
 
 /// Most accumulator rows per kernel call: six of two registers are twelve
 /// accumulators, which with the two loaded vectors and the broadcast value fill 15 of
@@ -130,17 +130,42 @@ impl<'a> Fields<'a> {
 /// `(y, x)` at column `y · width + x`.
 pub(crate) fn multiply(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
     check_fields(fields, w.depth);
-    assert!(out.len() >= w.rows * fields.pixels());
+    let (m, k, n) = (w.rows, w.depth, fields.pixels());
+    assert!(out.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out[..m * n].fill(0.0);
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    if lanes::has_avx2() {
         #[target_feature(enable = "avx2,fma")]
-        fn fma(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
-            blocks(w, fields, out)
+        fn avx2(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
+            // SAFETY: this function runs only where the CPU has AVX2 and FMA.
+            unsafe { multiply_with::<Avx2>(w, fields, out) }
         }
         // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        return unsafe { fma(w, fields, out) };
+        return unsafe { avx2(w, fields, out) };
     }
-    blocks(w, fields, out)
+    // SAFETY: the portable rows need no CPU feature.
+    unsafe { multiply_with::<Portable>(w, fields, out) }
+}
+
+/// [`multiply`]'s product in rows `V`, for checked operands with `m`, `k` and `n`
+/// above zero.
+///
+/// # Safety
+///
+/// The CPU runs `V`'s instructions.
+#[inline(always)]
+unsafe fn multiply_with<V: Row>(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        pixel_blocks::<V>(w, fields, out);
+        row_blocks::<V>(w, fields, out);
+    }
 }
 
 /// Checks that `fields` has `depth` fan-in positions whose maps lie inside its
@@ -160,38 +185,32 @@ fn check_fields(fields: &Fields, depth: usize) {
     }
 }
 
-/// Calls `kernel::<N>(args)` for `N` = `$n`, 1 to [`MAX_ROWS`].
+/// Calls `kernel::<V, N>(args)` for `N` = `$n`, 1 to [`MAX_ROWS`].
 macro_rules! by_count {
-    ($n:expr, $kernel:ident($($arg:expr),*)) => {
+    ($n:expr, $kernel:ident::<$v:ty>($($arg:expr),*)) => {
         match $n {
-            1 => $kernel::<1>($($arg),*),
-            2 => $kernel::<2>($($arg),*),
-            3 => $kernel::<3>($($arg),*),
-            4 => $kernel::<4>($($arg),*),
-            5 => $kernel::<5>($($arg),*),
-            6 => $kernel::<6>($($arg),*),
+            1 => $kernel::<$v, 1>($($arg),*),
+            2 => $kernel::<$v, 2>($($arg),*),
+            3 => $kernel::<$v, 3>($($arg),*),
+            4 => $kernel::<$v, 4>($($arg),*),
+            5 => $kernel::<$v, 5>($($arg),*),
+            6 => $kernel::<$v, 6>($($arg),*),
             _ => unreachable!("blocks hold 1 to {MAX_ROWS}"),
         }
     };
 }
+use by_count;
 
-/// The blocked loops around the kernels. Whole tiles of [`LANES`] pixels of a map
-/// row go through [`pixel_kernel`]: fan-in blocks outermost, so that a block of the
-/// packed weights serves every tile, then the tiles, whose receptive fields serve
-/// every row block. The pixels after a map row's last whole tile (all of them in a
-/// map under 16 pixels wide, as VGG's last 2x2 layers or a classifier conv's single
-/// pixel) go through [`row_kernel`], which runs across rows instead and wastes no
-/// lanes on them.
+/// [`pixel_kernel`] over the whole tiles of [`LANES`] pixels of each map row: fan-in
+/// blocks outermost, so that a block of the packed weights serves every tile, then
+/// the tiles, whose receptive fields serve every row block.
+///
+/// # Safety
+///
+/// The CPU runs `V`'s instructions.
 #[inline(always)]
-fn blocks(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
+unsafe fn pixel_blocks<V: Row>(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
     let (m, k, n) = (w.rows, w.depth, fields.pixels());
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        out[..m * n].fill(0.0);
-        return;
-    }
     let whole = fields.width / LANES * LANES;
     let row_blocks = blocks_of(m, MAX_ROWS);
     let depth = k.div_ceil(k.div_ceil(MAX_DEPTH));
@@ -208,11 +227,27 @@ fn blocks(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
                         starts: &fields.starts[k0..k0 + kk],
                     };
                     let out = &mut out[r0 * n + y * fields.width + x0..];
-                    by_count!(rows, pixel_kernel(at, out, n, k0 > 0));
+                    // SAFETY: the CPU runs `V`, as the caller promises, and the
+                    // tile's pixels lie in one map row of the checked fields.
+                    unsafe { by_count!(rows, pixel_kernel::<V>(at, out, n, k0 > 0)) };
                 }
             }
         }
     }
+}
+
+/// [`row_kernel`] over the pixels after each map row's last whole tile (all of
+/// them in a map under 16 pixels wide, as VGG's last 2x2 layers or a classifier
+/// conv's single pixel): it runs across rows instead and wastes no lanes on them.
+///
+/// # Safety
+///
+/// The CPU runs `V`'s instructions.
+#[inline(always)]
+unsafe fn row_blocks<V: Row>(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
+    let (m, n) = (w.rows, fields.pixels());
+    let whole = fields.width / LANES * LANES;
+    let mut columns = [[0f32; LANES]; MAX_ROWS];
     for y in 0..fields.height {
         for (x0, pixels) in blocks_of(fields.width - whole, MAX_ROWS) {
             let x0 = whole + x0;
@@ -224,9 +259,15 @@ fn blocks(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
                     first: y * fields.pitch + x0,
                     starts: fields.starts,
                 };
+                // SAFETY: the CPU runs `V`, as the caller promises, and the pixels
+                // lie in one map row of the checked fields.
+                unsafe { by_count!(pixels, row_kernel::<V>(at, &mut columns)) };
                 let rows = LANES.min(m - r0);
-                let out = &mut out[r0 * n + y * fields.width + x0..];
-                by_count!(pixels, row_kernel(at, out, n, rows));
+                for (p, column) in columns[..pixels].iter().enumerate() {
+                    for (r, &v) in column[..rows].iter().enumerate() {
+                        out[(r0 + r) * n + y * fields.width + x0 + p] = v;
+                    }
+                }
             }
         }
     }
@@ -264,243 +305,108 @@ struct Operands<'a> {
 }
 
 impl Operands<'_> {
-    /// Checks that every fan-in position has `R` weights from the call's first row,
-    /// for [`Operands::weights`].
+    /// Checks that every fan-in position has `rows` weights from the call's first
+    /// row, for [`Operands::weights`].
     #[inline(always)]
-    fn check_weights<const R: usize>(&self) {
+    fn check_weights(&self, rows: usize) {
         if let Some(last) = self.starts.len().checked_sub(1) {
-            assert!(self.weights.len() >= last * self.weight_stride + R);
+            assert!(self.weights.len() >= last * self.weight_stride + rows);
         }
     }
 
-    /// Position `j`'s `R` weights from the call's first row.
+    /// Position `j`'s weights, from the call's first row.
     ///
     /// # Safety
     ///
-    /// `j` is below `starts.len()`, and [`Operands::check_weights`] passed for `R`.
+    /// `j` is below `starts.len()`; only as many rows are read as
+    /// [`Operands::check_weights`] checked.
     #[inline(always)]
-    unsafe fn weights<const R: usize>(&self, j: usize) -> &[f32; R] {
+    unsafe fn weights(&self, j: usize) -> *const f32 {
         // SAFETY: as the caller promises, within the weights checked.
-        unsafe {
-            &*self
-                .weights
-                .as_ptr()
-                .add(j * self.weight_stride)
-                .cast::<[f32; R]>()
-        }
+        unsafe { self.weights.as_ptr().add(j * self.weight_stride) }
     }
 
-    /// Position `j`'s receptive fields of the call's first `P` pixels.
+    /// Position `j`'s receptive field of the call's first pixel.
     ///
     /// # Safety
     ///
-    /// `j` is below `starts.len()` and the pixels lie in the map of the
-    /// [`Fields`] that [`multiply`] checked.
+    /// `j` is below `starts.len()`; only pixels of the call that lie in one map row
+    /// of the [`Fields`] that [`check_fields`] checked are read.
     #[inline(always)]
-    unsafe fn fields<const P: usize>(&self, j: usize) -> &[f32; P] {
-        // SAFETY: as the caller promises, within the values `multiply` checked.
+    unsafe fn fields(&self, j: usize) -> *const f32 {
+        // SAFETY: as the caller promises, within the values checked.
         unsafe {
             let start = *self.starts.get_unchecked(j);
-            &*self
-                .values
-                .as_ptr()
-                .add(start + self.first)
-                .cast::<[f32; P]>()
+            self.values.as_ptr().add(start + self.first)
         }
     }
 }
 
 /// `R` rows by [`LANES`] pixels of `out` (row stride `out_stride`): each the FMA
 /// chain over the operands' fan-in, continued from `out`'s value when `accumulate`,
-/// from zero otherwise. The accumulators are fixed-size arrays that the compiler
-/// keeps in registers: per fan-in position, two vectors of receptive fields and a
-/// broadcast weight per row.
+/// from zero otherwise. Per fan-in position: a row of receptive fields and a
+/// broadcast weight per output row.
+///
+/// # Safety
+///
+/// The CPU runs `V`'s instructions, and the call's [`LANES`] pixels lie in one map
+/// row of checked fields.
 #[inline(always)]
-fn pixel_kernel<const R: usize>(
+unsafe fn pixel_kernel<V: Row, const R: usize>(
     at: Operands,
     out: &mut [f32],
     out_stride: usize,
     accumulate: bool,
 ) {
-    let mut acc = [[0f32; LANES]; R];
-    if accumulate {
-        for (r, acc) in acc.iter_mut().enumerate() {
-            acc.copy_from_slice(&out[r * out_stride..][..LANES]);
-        }
-    }
-    at.check_weights::<R>();
-    for j in 0..at.starts.len() {
-        // SAFETY: `j` is a fan-in position of the call, whose weights were checked,
-        // and `blocks` calls this kernel on whole tiles of a map row.
-        let (weights, fields) = unsafe { (at.weights::<R>(j), at.fields::<LANES>(j)) };
-        for (acc, &w) in acc.iter_mut().zip(weights) {
-            for (a, &c) in acc.iter_mut().zip(fields) {
-                *a = w.mul_add(c, *a);
+    assert!(out.len() >= (R - 1) * out_stride + LANES);
+    at.check_weights(R);
+    // SAFETY: the caller's promise, the assertion on `out` and the weights checked
+    // cover every access.
+    unsafe {
+        let mut acc = [V::zero(); R];
+        if accumulate {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = V::load(out.as_ptr().add(r * out_stride));
             }
         }
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        out[r * out_stride..][..LANES].copy_from_slice(acc);
+        for j in 0..at.starts.len() {
+            let (weights, fields) = (at.weights(j), V::load(at.fields(j)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = V::splat(*weights.add(r)).mul_add(fields, *acc);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            acc.store(out.as_mut_ptr().add(r * out_stride));
+        }
     }
 }
 
-/// The first `rows` (up to [`LANES`]) rows by `P` pixels of `out` (row stride
-/// `out_stride`), each the FMA chain over the operands' fan-in from zero: per fan-in
-/// position, two vectors of weights (the packing's zero rows fill them) and a
+/// [`LANES`] rows by `P` pixels into `columns` (pixel by pixel: `columns[p][r]`),
+/// each the FMA chain over the operands' fan-in from zero. Per fan-in position: a
+/// row of weights (the packing's zero rows fill the rows past the last) and a
 /// broadcast receptive field per pixel.
+///
+/// # Safety
+///
+/// The CPU runs `V`'s instructions, and the call's `P` pixels lie in one map row of
+/// checked fields.
 #[inline(always)]
-fn row_kernel<const P: usize>(at: Operands, out: &mut [f32], out_stride: usize, rows: usize) {
-    let mut acc = [[0f32; LANES]; P];
-    at.check_weights::<LANES>();
-    for j in 0..at.starts.len() {
-        // SAFETY: `j` is a fan-in position of the call, whose weights were checked,
-        // and `blocks` calls this kernel on pixels of one map row.
-        let (weights, fields) = unsafe { (at.weights::<LANES>(j), at.fields::<P>(j)) };
-        for (acc, &c) in acc.iter_mut().zip(fields) {
-            for (a, &w) in acc.iter_mut().zip(weights) {
-                *a = w.mul_add(c, *a);
+unsafe fn row_kernel<V: Row, const P: usize>(at: Operands, columns: &mut [[f32; LANES]]) {
+    assert!(columns.len() >= P);
+    at.check_weights(LANES);
+    // SAFETY: the caller's promise, the weights checked and the assertion on
+    // `columns` cover every access.
+    unsafe {
+        let mut acc = [V::zero(); P];
+        for j in 0..at.starts.len() {
+            let (weights, fields) = (V::load(at.weights(j)), at.fields(j));
+            for (p, acc) in acc.iter_mut().enumerate() {
+                *acc = weights.mul_add(V::splat(*fields.add(p)), *acc);
             }
         }
-    }
-    for (p, acc) in acc.iter().enumerate() {
-        for (r, &v) in acc[..rows].iter().enumerate() {
-            out[r * out_stride + p] = v;
+        for (acc, column) in acc.iter().zip(columns) {
+            acc.store(column.as_mut_ptr());
         }
-    }
-}
-
-/// A weight gradient `dW` (`rows x depth`: the output channels by the fan-in) summed
-/// image by image: `dW[o][k] += Σ_p g[o][p] · field(k, p)` over an image's pixels
-/// `p` in order, each entry one FMA chain over every image added, in the order added,
-/// from zero. Kept transposed (`depth x stride`, rows padded to [`LANES`]) for its
-/// kernel ([`gradient_kernel`]): per pixel, two vectors of the output gradient and a
-/// broadcast receptive field per fan-in position, as [`row_kernel`].
-pub(crate) struct WeightGradient {
-    rows: usize,
-    depth: usize,
-    /// `rows` rounded up to [`LANES`].
-    stride: usize,
-    /// `dW[o][k]` at `k · stride + o`.
-    transposed: Vec<f32>,
-    /// An image's output gradient, transposed and padded as `transposed`.
-    grad: Vec<f32>,
-}
-
-impl WeightGradient {
-    /// A zero gradient for `rows` output channels and fan-in `depth`.
-    pub(crate) fn new(rows: usize, depth: usize) -> Self {
-        let stride = rows.next_multiple_of(LANES);
-        Self {
-            rows,
-            depth,
-            stride,
-            transposed: vec![0f32; depth * stride],
-            grad: Vec::new(),
-        }
-    }
-
-    /// Adds one image's part: `grad` is its output gradient (`rows x pixels`
-    /// row-major, pixel `(y, x)` at column `y · width + x`) and `fields` its
-    /// receptive fields.
-    pub(crate) fn add(&mut self, grad: &[f32], fields: &Fields) {
-        check_fields(fields, self.depth);
-        let pixels = fields.pixels();
-        if pixels == 0 {
-            return;
-        }
-        assert!(grad.len() >= self.rows * pixels);
-        self.grad.clear();
-        self.grad.resize(pixels * self.stride, 0.0);
-        for (o, row) in grad.chunks_exact(pixels).take(self.rows).enumerate() {
-            for (p, &g) in row.iter().enumerate() {
-                self.grad[p * self.stride + o] = g;
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            #[target_feature(enable = "avx2,fma")]
-            fn fma(dw: &mut WeightGradient, fields: &Fields) {
-                dw.add_blocks(fields)
-            }
-            // SAFETY: the CPU has AVX2 and FMA, checked just above.
-            return unsafe { fma(self, fields) };
-        }
-        self.add_blocks(fields)
-    }
-
-    /// [`gradient_kernel`] over blocks of fan-in positions and of [`LANES`] rows.
-    #[inline(always)]
-    fn add_blocks(&mut self, fields: &Fields) {
-        for (k0, positions) in blocks_of(self.depth, MAX_ROWS) {
-            for o0 in (0..self.rows).step_by(LANES) {
-                let at = GradientOperands {
-                    grad: &self.grad[o0..],
-                    grad_stride: self.stride,
-                    fields,
-                    starts: &fields.starts[k0..k0 + positions],
-                };
-                let out = &mut self.transposed[k0 * self.stride + o0..];
-                by_count!(positions, gradient_kernel(at, out, self.stride));
-            }
-        }
-    }
-
-    /// The gradient, row-major (`rows x depth`).
-    pub(crate) fn into_rows(self) -> Vec<f32> {
-        let mut dw = vec![0f32; self.rows * self.depth];
-        for (k, column) in self.transposed.chunks_exact(self.stride).enumerate() {
-            for (o, &v) in column[..self.rows].iter().enumerate() {
-                dw[o * self.depth + k] = v;
-            }
-        }
-        dw
-    }
-}
-
-/// One [`gradient_kernel`] call's inputs: the transposed output gradient from the
-/// call's first row (`grad[p · grad_stride + l]` for pixel `p`, lane `l`) and the
-/// receptive fields of the call's fan-in positions (`starts`).
-struct GradientOperands<'a> {
-    grad: &'a [f32],
-    grad_stride: usize,
-    fields: &'a Fields<'a>,
-    starts: &'a [usize],
-}
-
-/// `K` fan-in positions by [`LANES`] rows of a transposed gradient `out` (stride
-/// `out_stride` per position): each chain continued over the image's pixels, map
-/// row by map row.
-#[inline(always)]
-fn gradient_kernel<const K: usize>(at: GradientOperands, out: &mut [f32], out_stride: usize) {
-    let fields = at.fields;
-    let starts: &[usize; K] = at.starts.try_into().expect("K fan-in positions");
-    assert!(
-        at.grad.len() >= (fields.pixels() - 1) * at.grad_stride + LANES
-            && out.len() >= (K - 1) * out_stride + LANES
-    );
-    let mut acc = [[0f32; LANES]; K];
-    for (k, acc) in acc.iter_mut().enumerate() {
-        acc.copy_from_slice(&out[k * out_stride..][..LANES]);
-    }
-    let (values, grad) = (fields.values.as_ptr(), at.grad.as_ptr());
-    for y in 0..fields.height {
-        // SAFETY (all three blocks): `check_fields` put every start's map inside the
-        // values, so each position's map row `y` is readable for `width` values, and
-        // the assertion covers the gradient rows of every pixel.
-        let rows = starts.map(|s| unsafe { values.add(s + y * fields.pitch) });
-        let grad = unsafe { grad.add(y * fields.width * at.grad_stride) };
-        for x in 0..fields.width {
-            let g = unsafe { &*grad.add(x * at.grad_stride).cast::<[f32; LANES]>() };
-            for (acc, row) in acc.iter_mut().zip(&rows) {
-                let f = unsafe { *row.add(x) };
-                for (a, &g) in acc.iter_mut().zip(g) {
-                    *a = g.mul_add(f, *a);
-                }
-            }
-        }
-    }
-    for (k, acc) in acc.iter().enumerate() {
-        out[k * out_stride..][..LANES].copy_from_slice(acc);
     }
 }
 
@@ -643,6 +549,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn portable_rows_give_the_same_bits() {
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        let (m, k, n) = (13, 70, 37);
+        let w: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0f32)).collect();
+        let cols: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0f32)).collect();
+        let g: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0..1.0f32)).collect();
+        let (w, starts) = (PackedWeights::new(&w, m, k), Fields::matrix_starts(k, n));
+        let fields = Fields::matrix(&cols, &starts, n);
+        let (mut best, mut portable) = (vec![0f32; m * n], vec![0f32; m * n]);
+        multiply(&w, &fields, &mut best);
+        // SAFETY: the portable rows need no CPU feature.
+        unsafe { multiply_with::<Portable>(&w, &fields, &mut portable) };
+        assert!(best
+            .iter()
+            .zip(&portable)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        let (mut best, mut portable) = (WeightGradient::new(m, k), WeightGradient::new(m, k));
+        best.add(&g, &fields);
+        // SAFETY: the portable rows need no CPU feature.
+        unsafe { portable.add_with::<Portable>(&g, &fields) };
+        let (best, portable) = (best.into_rows(), portable.into_rows());
+        assert!(best
+            .iter()
+            .zip(&portable)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     #[test]
