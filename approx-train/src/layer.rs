@@ -284,7 +284,7 @@ impl HwLayer {
         Ok((quantizer(false).apply(x)?, quantizer(true).apply(&w)?))
     }
 
-    /// The exact layer (no bias): the fast im2col + GEMM conv, or a matmul.
+    /// The exact layer (no bias): the fast conv (`crate::conv`), or a matmul.
     pub fn exact(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         match self.op {
             Layer::Conv2d(params) => crate::conv::conv2d(x, w, params),

@@ -1,4 +1,4 @@
-//! The training layers' float conv (im2col + GEMM, `approx_train::conv::conv2d`)
+//! The training layers' float conv (`approx_train::conv::conv2d`, its own FMA kernels)
 //! against candle's `conv2d` on TinyConv's layers at batch 64: the forward, and the
 //! backward alone (both gradients, input and weight, of a forward run outside the
 //! timing). The ratio of the two functions in a group is the speed-up.

@@ -3,7 +3,7 @@
 //!
 //! - `sc_conv`: the SC conv kernels on TinyConv's layers against candle's f32 conv2d;
 //! - `hw_conv`: the `mult`, `analog` and `fxp` kernels against candle's f32 conv2d;
-//! - `float_conv`: the training layers' float conv (im2col + GEMM) against candle's
+//! - `float_conv`: the training layers' float conv (its own FMA kernels) against candle's
 //!   conv2d, forward and backward;
 //! - `or_fn`: the SC surrogate's OR-n function, vectorised f32 blocks against the
 //!   scalar f64 functions;
