@@ -1,8 +1,9 @@
 //! The float conv2d of every training layer: forward and both backward passes as one
 //! candle op, each a matrix product per image: the forward and the stride-1 input
-//! gradient through this crate's FMA micro-kernel ([`crate::microkernel`], reading a
-//! stride-1 conv's receptive fields from the padded input in place), the weight
-//! gradient through the `gemm` crate over im2col's matrix. candle's own CPU conv2d is
+//! gradient, and the weight gradient, through this crate's FMA micro-kernels
+//! ([`crate::microkernel`], reading a stride-1 conv's receptive fields from the padded
+//! input in place); the `gemm` crate where a layer's weights outsize its maps and for
+//! a strided conv's input gradient. candle's own CPU conv2d is
 //! several times slower, and its backward (a direct `conv_transpose2d` loop) slower
 //! still; approximate-hardware training runs two or more exact convs per layer per
 //! step, so this is its hot path.
@@ -249,24 +250,28 @@ fn forward(geo: &ConvGeometry, input: &[f32], weight: &[f32]) -> Vec<f32> {
 /// narrower maps would run the micro-kernel's short row blocks only.
 const MIN_IN_PLACE_WIDTH: usize = 8;
 
-/// Where a conv reads each image's receptive fields ([`Fields`]): in place from its
-/// zero-padded planes, or from its im2col matrix.
-struct ReceptiveFields {
-    /// The fields' offsets in the zero-padded planes, for a conv that reads them in
-    /// place ([`MIN_IN_PLACE_WIDTH`]).
-    in_place: Option<Vec<usize>>,
-    /// The rows' offsets in the im2col matrix.
-    matrix: Vec<usize>,
+/// Where a conv reads each image's receptive fields ([`Fields`]), with the fields'
+/// offsets there.
+enum ReceptiveFields {
+    /// In place from its zero-padded planes ([`MIN_IN_PLACE_WIDTH`]).
+    InPlace(Vec<usize>),
+    /// From its im2col matrix.
+    Matrix(Vec<usize>),
 }
 
 impl ReceptiveFields {
+    /// In place for a stride-1 conv whose output maps are at least
+    /// [`MIN_IN_PLACE_WIDTH`] wide, otherwise through the matrix.
     fn new(geo: &ConvGeometry) -> Self {
         let (_, ow) = geo.out_size();
-        let in_place = (geo.params.stride == (1, 1) && ow >= MIN_IN_PLACE_WIDTH)
-            .then(|| Fields::padded_starts(geo.in_channels, geo.kernel, geo.padded_size()));
-        Self {
-            in_place,
-            matrix: Fields::matrix_starts(geo.fan_in(), geo.out_pixels()),
+        if geo.params.stride == (1, 1) && ow >= MIN_IN_PLACE_WIDTH {
+            Self::InPlace(Fields::padded_starts(
+                geo.in_channels,
+                geo.kernel,
+                geo.padded_size(),
+            ))
+        } else {
+            Self::Matrix(Fields::matrix_starts(geo.fan_in(), geo.out_pixels()))
         }
     }
 
@@ -279,22 +284,26 @@ impl ReceptiveFields {
         n: usize,
         scratch: &'a mut Vec<f32>,
     ) -> Fields<'a> {
-        let Some(starts) = &self.in_place else {
-            let pixels = geo.out_pixels();
-            scratch.resize(geo.fan_in() * pixels, 0.0);
-            im2col(geo, input, n * pixels..(n + 1) * pixels, scratch);
-            return Fields::matrix(scratch, &self.matrix, pixels);
-        };
-        let (ph, pw) = geo.padded_size();
-        scratch.resize(geo.in_channels * ph * pw, 0.0);
-        zero_padded_planes(geo, input, n, scratch);
-        let (oh, ow) = geo.out_size();
-        Fields {
-            values: scratch,
-            starts,
-            height: oh,
-            width: ow,
-            pitch: pw,
+        match self {
+            Self::Matrix(starts) => {
+                let pixels = geo.out_pixels();
+                scratch.resize(geo.fan_in() * pixels, 0.0);
+                im2col(geo, input, n * pixels..(n + 1) * pixels, scratch);
+                Fields::matrix(scratch, starts, pixels)
+            }
+            Self::InPlace(starts) => {
+                let (ph, pw) = geo.padded_size();
+                scratch.resize(geo.in_channels * ph * pw, 0.0);
+                zero_padded_planes(geo, input, n, scratch);
+                let (oh, ow) = geo.out_size();
+                Fields {
+                    values: scratch,
+                    starts,
+                    height: oh,
+                    width: ow,
+                    pitch: pw,
+                }
+            }
         }
     }
 }

@@ -212,13 +212,13 @@ use by_count;
 unsafe fn pixel_blocks<V: Row>(w: &PackedWeights, fields: &Fields, out: &mut [f32]) {
     let (m, k, n) = (w.rows, w.depth, fields.pixels());
     let whole = fields.width / LANES * LANES;
-    let row_blocks = blocks_of(m, MAX_ROWS);
+    let row_groups = blocks_of(m, MAX_ROWS);
     let depth = k.div_ceil(k.div_ceil(MAX_DEPTH));
     for k0 in (0..k).step_by(depth) {
         let kk = depth.min(k - k0);
         for y in 0..fields.height {
             for x0 in (0..whole).step_by(LANES) {
-                for &(r0, rows) in &row_blocks {
+                for &(r0, rows) in &row_groups {
                     let at = Operands {
                         weights: &w.transposed[k0 * w.stride + r0..],
                         weight_stride: w.stride,
