@@ -397,12 +397,12 @@ fn backward_recomputed(
         .enumerate()
         .map(|(group, dx)| {
             let mut dw = WeightGradient::new(out_ch, fan_in);
-            let mut fields = Vec::new();
+            let mut field_values = Vec::new();
             let mut g = vec![0f32; out_ch * pixels];
             let mut scratch = Vec::new();
             for (i, n) in (group * per_group..((group + 1) * per_group).min(geo.batch)).enumerate()
             {
-                let image_fields = product.fields.gather(geo, input, n, &mut fields);
+                let image_fields = product.fields.gather(geo, input, n, &mut field_values);
                 microkernel::multiply(&product.weight, &image_fields, &mut g);
                 to_gradient(n, &mut g);
                 dw.add(&g, &image_fields);

@@ -416,6 +416,16 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
+    /// `len` values drawn uniformly from −1 to 1.
+    fn random(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+        (0..len).map(|_| rng.random_range(-1.0..1.0f32)).collect()
+    }
+
+    /// Whether `a` and `b` hold the same bits.
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
     /// The definition: each output the FMA chain over the fan-in in order, from zero.
     fn reference(w: &[f32], m: usize, k: usize, cols: &[f32], n: usize) -> Vec<f32> {
         let mut out = vec![0f32; m * n];
@@ -445,17 +455,14 @@ mod tests {
             (33, 40, 15),
         ];
         for (m, k, n) in shapes {
-            let w: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0f32)).collect();
-            let cols: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0f32)).collect();
+            let w = random(&mut rng, m * k);
+            let cols = random(&mut rng, k * n);
             let mut out = vec![f32::NAN; m * n];
             let starts = Fields::matrix_starts(k, n);
             let fields = Fields::matrix(&cols, &starts, n);
             multiply(&PackedWeights::new(&w, m, k), &fields, &mut out);
             let expected = reference(&w, m, k, &cols, n);
-            let same = out
-                .iter()
-                .zip(&expected)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
+            let same = same_bits(&out, &expected);
             assert!(same, "m {m}, k {k}, n {n}");
         }
     }
@@ -488,7 +495,7 @@ mod tests {
                     *v = planes[ch * ph * pw + (p / ow + i) * pw + p % ow + j];
                 }
             }
-            let w: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0f32)).collect();
+            let w = random(&mut rng, m * k);
             let w = PackedWeights::new(&w, m, k);
             let starts = Fields::padded_starts(c, (kh, kw), (ph, pw));
             let padded = Fields {
@@ -507,10 +514,7 @@ mod tests {
                 &Fields::matrix(&matrix, &matrix_starts, n),
                 &mut through_matrix,
             );
-            let same = direct
-                .iter()
-                .zip(&through_matrix)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
+            let same = same_bits(&direct, &through_matrix);
             assert!(same, "c {c}, kernel {kh}x{kw}, output {oh}x{ow}");
         }
     }
@@ -524,12 +528,8 @@ mod tests {
             (17, 7, 20, 4),
             (1, 6, 5, 1),
         ] {
-            let grads: Vec<Vec<f32>> = (0..images)
-                .map(|_| (0..m * n).map(|_| rng.random_range(-1.0..1.0f32)).collect())
-                .collect();
-            let cols: Vec<Vec<f32>> = (0..images)
-                .map(|_| (0..k * n).map(|_| rng.random_range(-1.0..1.0f32)).collect())
-                .collect();
+            let grads: Vec<Vec<f32>> = (0..images).map(|_| random(&mut rng, m * n)).collect();
+            let cols: Vec<Vec<f32>> = (0..images).map(|_| random(&mut rng, k * n)).collect();
             let starts = Fields::matrix_starts(k, n);
             let mut dw = WeightGradient::new(m, k);
             for (g, col) in grads.iter().zip(&cols) {
@@ -555,28 +555,22 @@ mod tests {
     fn portable_rows_give_the_same_bits() {
         let mut rng = ChaCha8Rng::seed_from_u64(10);
         let (m, k, n) = (13, 70, 37);
-        let w: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0f32)).collect();
-        let cols: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0f32)).collect();
-        let g: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0..1.0f32)).collect();
+        let w = random(&mut rng, m * k);
+        let cols = random(&mut rng, k * n);
+        let g = random(&mut rng, m * n);
         let (w, starts) = (PackedWeights::new(&w, m, k), Fields::matrix_starts(k, n));
         let fields = Fields::matrix(&cols, &starts, n);
         let (mut best, mut portable) = (vec![0f32; m * n], vec![0f32; m * n]);
         multiply(&w, &fields, &mut best);
         // SAFETY: the portable rows need no CPU feature.
         unsafe { multiply_with::<Portable>(&w, &fields, &mut portable) };
-        assert!(best
-            .iter()
-            .zip(&portable)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(same_bits(&best, &portable));
         let (mut best, mut portable) = (WeightGradient::new(m, k), WeightGradient::new(m, k));
         best.add(&g, &fields);
         // SAFETY: the portable rows need no CPU feature.
         unsafe { portable.add_with::<Portable>(&g, &fields) };
         let (best, portable) = (best.into_rows(), portable.into_rows());
-        assert!(best
-            .iter()
-            .zip(&portable)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(same_bits(&best, &portable));
     }
 
     #[test]
