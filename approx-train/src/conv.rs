@@ -79,9 +79,38 @@ impl FastConv2d {
         weight_shape: &Shape,
         weight: Cow<'_, [f32]>,
     ) -> Result<(Vec<f32>, Shape)> {
+        let batch = input.first().copied().unwrap_or(0);
+        self.run_then(
+            input,
+            x,
+            weight_shape,
+            weight,
+            (0..batch).into_par_iter(),
+            |_, _| (),
+        )
+    }
+
+    /// [`FastConv2d::run`], handing each image's outputs to `then` with that image's
+    /// item of `items` (one per image) while they are in cache.
+    pub(crate) fn run_then<T: Send>(
+        &self,
+        input: &[usize],
+        x: &[f32],
+        weight_shape: &Shape,
+        weight: Cow<'_, [f32]>,
+        items: impl IndexedParallelIterator<Item = T>,
+        then: impl Fn(&mut [f32], T) + Sync,
+    ) -> Result<(Vec<f32>, Shape)> {
         let (geo, weight) = self.operands(input, weight_shape, weight)?;
+        if items.len() != geo.batch {
+            return Err(candle_core::Error::Msg(format!(
+                "fast conv2d: {} per-image items for a batch of {}",
+                items.len(),
+                geo.batch
+            )));
+        }
         Ok((
-            forward(&geo, x, &weight),
+            forward_then(&geo, x, &weight, items, then),
             Shape::from(geo.out_shape().to_vec()),
         ))
     }
@@ -231,13 +260,34 @@ pub(crate) fn gemm_rm(
 pub(crate) const WEIGHT_GRAD_GROUPS: usize = 8;
 
 fn forward(geo: &ConvGeometry, input: &[f32], weight: &[f32]) -> Vec<f32> {
+    forward_then(
+        geo,
+        input,
+        weight,
+        (0..geo.batch).into_par_iter(),
+        |_, _| (),
+    )
+}
+
+/// [`forward`], handing each image's outputs (`[O, H·W]`) to `then` with that
+/// image's item of `items` (one per image) as soon as they are computed, while they
+/// are in cache.
+fn forward_then<T: Send>(
+    geo: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    items: impl IndexedParallelIterator<Item = T>,
+    then: impl Fn(&mut [f32], T) + Sync,
+) -> Vec<f32> {
     let per_image = geo.out_channels * geo.out_pixels();
     let product = ForwardProduct::new(geo, weight);
-    let mut out = vec![0f32; geo.batch * per_image];
+    let mut out = crate::alloc::zeros(geo.batch * per_image);
     out.par_chunks_mut(per_image)
+        .zip(items)
         .enumerate()
-        .for_each_init(Vec::new, |scratch, (n, out)| {
-            product.image(geo, input, n, scratch, out)
+        .for_each_init(Vec::new, |scratch, (n, (out, item))| {
+            product.image(geo, input, n, scratch, out);
+            then(out, item);
         });
     out
 }
@@ -351,7 +401,7 @@ fn backward(
     let dx = with_input_grad.then(|| {
         let input_grad = InputGrad::new(geo, weight);
         let (image, per_image) = (geo.in_image_len(), geo.out_channels * geo.out_pixels());
-        let mut dx = vec![0f32; geo.batch * image];
+        let mut dx = crate::alloc::zeros(geo.batch * image);
         dx.par_chunks_mut(image)
             .zip(grad.par_chunks(per_image))
             .for_each_init(Vec::new, |col, (dx, g)| {

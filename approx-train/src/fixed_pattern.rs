@@ -17,14 +17,26 @@ use crate::storage::f32_values;
 /// shape without the batch dimension. The gradient with respect to `y` is the output
 /// gradient; `pattern` gets none.
 pub fn add_fixed_pattern(y: &Tensor, pattern: &Tensor) -> Result<Tensor> {
-    if y.dims().get(1..) != Some(pattern.dims()) {
+    check_fits(y.dims(), pattern.dims())?;
+    y.apply_op2(pattern, AddFixedPattern)
+}
+
+/// An error unless a pattern of shape `pattern` fits outputs of shape `outputs` (the
+/// outputs' shape without the batch dimension).
+pub(crate) fn check_fits(outputs: &[usize], pattern: &[usize]) -> Result<()> {
+    if outputs.get(1..) != Some(pattern) {
         return Err(candle_core::Error::Msg(format!(
-            "a fixed pattern of shape {:?} does not fit outputs of shape {:?}",
-            pattern.dims(),
-            y.dims()
+            "a fixed pattern of shape {pattern:?} does not fit outputs of shape {outputs:?}"
         )));
     }
-    y.apply_op2(pattern, AddFixedPattern)
+    Ok(())
+}
+
+/// `sample ← sample + pattern`, elementwise: one sample's outputs.
+pub(crate) fn add_to_sample(sample: &mut [f32], pattern: &[f32]) {
+    for (o, p) in sample.iter_mut().zip(pattern) {
+        *o += p;
+    }
 }
 
 /// The op of [`add_fixed_pattern`].
@@ -46,11 +58,8 @@ impl CustomOp2 for AddFixedPattern {
         let pattern = f32_values(pattern, pattern_layout, "the fixed pattern")?;
         let mut out = y_values.into_owned();
         if !pattern.is_empty() {
-            out.par_chunks_mut(pattern.len()).for_each(|sample| {
-                for (o, p) in sample.iter_mut().zip(pattern.iter()) {
-                    *o += p;
-                }
-            });
+            out.par_chunks_mut(pattern.len())
+                .for_each(|sample| add_to_sample(sample, &pattern));
         }
         Ok((CpuStorage::F32(out), y_layout.shape().clone()))
     }

@@ -176,7 +176,7 @@ impl HwLayer {
         let (x, w) = self.operands(x, state.mode)?;
         let y = match state.mode {
             ExecMode::Float => self.exact(&x, &w)?,
-            ExecMode::ApproxFn => self.approx(&x, &w, None, Output::Value)?,
+            ExecMode::ApproxFn => self.approx(&x, &w, None, None, Output::Value)?,
             ExecMode::Inject => {
                 let (calibration, pattern) = if state.calibrate_next {
                     let (c, p) = self.fit_calibration(&x.detach(), &w.detach())?;
@@ -189,15 +189,22 @@ impl HwLayer {
                 } else {
                     (state.calibration, state.fixed_pattern)
                 };
-                let y = self.approx(&x, &w, calibration.map(|c| (c, state.step)), Output::Value)?;
-                match (calibration, pattern) {
-                    (Some(_), Some(pattern)) => self.with_fixed_pattern(y, &pattern)?,
-                    _ => y,
-                }
+                // The fixed pattern is used only together with a calibration.
+                let pattern = calibration.and(pattern);
+                self.approx(
+                    &x,
+                    &w,
+                    calibration.map(|c| (c, state.step)),
+                    pattern.as_ref(),
+                    Output::Value,
+                )?
             }
             ExecMode::Accurate => {
                 let hardware = self.hardware(&x.detach(), &w.detach(), state.step)?;
-                straight_through(&self.approx(&x, &w, None, Output::GradientOnly)?, &hardware)?
+                straight_through(
+                    &self.approx(&x, &w, None, None, Output::GradientOnly)?,
+                    &hardware,
+                )?
             }
         };
         self.with_bias(y)
@@ -235,7 +242,7 @@ impl HwLayer {
             _ => return self.forward(x),
         };
         let (x, w) = self.operands(x, state.mode)?;
-        self.with_bias(self.approx(&x, &w, inject, Output::GradientOnly)?)
+        self.with_bias(self.approx(&x, &w, inject, None, Output::GradientOnly)?)
     }
 
     /// `y` plus the fixed-pattern error, the same for every sample.
@@ -311,11 +318,14 @@ impl HwLayer {
     /// With [`Output::GradientOnly`] the result only carries the gradient (its value
     /// is not computed where the ops can skip it), and a split-unipolar conv keeps no
     /// partial sums: they are computed in its backward ([`split_surrogate_conv2d`]).
+    /// The `fixed_pattern`, if any, is added to the output (inside the op for SC
+    /// convs).
     fn approx(
         &self,
         x: &Tensor,
         w: &Tensor,
         inject: Option<(Calibration, u64)>,
+        fixed_pattern: Option<&Tensor>,
         output: Output,
     ) -> Result<Tensor> {
         let injection = |unit| {
@@ -325,31 +335,25 @@ impl HwLayer {
             })
         };
         let model = self.model;
-        let plain = Surrogate {
-            model,
-            injection: None,
-        };
         // SC injects per polarity (REX-SC); every other kind on the layer output.
         let per_polarity = matches!(self.hw, HwSpec::Sc(_));
-        let y = match model.partial_sums() {
-            PartialSums::Whole => {
-                return Surrogate {
+        // The surrogate's output, and whether the injection is in it.
+        let (y, injected) = match model.partial_sums() {
+            PartialSums::Whole => (
+                Surrogate {
                     model,
                     injection: injection(0),
                 }
-                .apply_for(&self.exact(x, w)?, output)
-            }
+                .apply_for(&self.exact(x, w)?, output)?,
+                true,
+            ),
             PartialSums::SplitWeights => {
                 // Both polarities in one conv (the positive and negative weight parts
                 // stacked as output channels), so the input is unfolded once, and one
                 // op for the surrogate of both and their difference.
-                let surrogate = if per_polarity {
-                    Surrogate {
-                        model,
-                        injection: injection(0),
-                    }
-                } else {
-                    plain
+                let surrogate = Surrogate {
+                    model,
+                    injection: if per_polarity { injection(0) } else { None },
                 };
                 // Injection on the layer output takes its slope at the output's value.
                 let output = if per_polarity || inject.is_none() {
@@ -357,29 +361,43 @@ impl HwLayer {
                 } else {
                     Output::Value
                 };
-                let y = match self.op {
-                    Layer::Conv2d(params) => {
-                        split_surrogate_conv2d(x, w, params, surrogate, output)?
+                match self.op {
+                    // The fixed pattern too, inside the op.
+                    Layer::Conv2d(params) if per_polarity => {
+                        return split_surrogate_conv2d(
+                            x,
+                            w,
+                            params,
+                            surrogate,
+                            output,
+                            fixed_pattern,
+                        );
                     }
-                    Layer::Linear => {
-                        surrogate.apply_split_for(&self.exact(x, &split_polarities(w)?)?, output)?
-                    }
-                };
-                if per_polarity {
-                    return Ok(y);
+                    Layer::Conv2d(params) => (
+                        split_surrogate_conv2d(x, w, params, surrogate, output, None)?,
+                        false,
+                    ),
+                    Layer::Linear => (
+                        surrogate
+                            .apply_split_for(&self.exact(x, &split_polarities(w)?)?, output)?,
+                        per_polarity,
+                    ),
                 }
-                y
             }
-            PartialSums::Tiles { rows } => tiled_surrogate(x, w, self.op, rows, model)?,
+            PartialSums::Tiles { rows } => (tiled_surrogate(x, w, self.op, rows, model)?, false),
         };
-        match injection(0) {
-            // The identity model without injection is the identity, gradient included.
-            None => Ok(y),
-            injection => Surrogate {
+        let y = match injection(0) {
+            Some(injection) if !injected => Surrogate {
                 model: ErrorModel::Identity,
-                injection,
+                injection: Some(injection),
             }
-            .apply_for(&y, output),
+            .apply_for(&y, output)?,
+            // The identity model without injection is the identity, gradient included.
+            _ => y,
+        };
+        match fixed_pattern {
+            Some(pattern) => self.with_fixed_pattern(y, pattern),
+            None => Ok(y),
         }
     }
 
@@ -418,7 +436,7 @@ impl HwLayer {
             (approx, bit, counts.pos.dims()[1..].to_vec())
         } else {
             let y = self.hardware(x, w, state.step)?;
-            let approx = vec![flat(self.approx(x, w, None, Output::Value)?)?];
+            let approx = vec![flat(self.approx(x, w, None, None, Output::Value)?)?];
             (approx, vec![flat(y.clone())?], y.dims()[1..].to_vec())
         };
         let binning = state.scheme.binning();

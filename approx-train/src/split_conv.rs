@@ -5,8 +5,11 @@
 //! As two ops, the graph holds the sums from the forward to the backward, the
 //! surrogate's backward copies them to write their gradient, and candle accumulates
 //! that gradient into a zeroed tensor of their size before the conv's backward reads
-//! it: three passes over twice the output, every step, for nothing. Here the op keeps
-//! the sums it computed and overwrites them with their gradient in backward.
+//! it: three passes over twice the output, every step, for nothing. Here the op runs
+//! the surrogate on each image's sums as soon as the conv has computed them (in
+//! cache), keeps their local derivatives in their place, and in backward multiplies
+//! those by the output gradient: the error model is evaluated once per step, not once
+//! in forward and again in backward.
 //!
 //! For its gradient alone ([`Output::GradientOnly`]) it keeps no sums at all and
 //! returns zeros for its value. That serves where nothing reads the surrogate's value:
@@ -22,21 +25,30 @@ use std::sync::Mutex;
 
 use approx_hw::Conv2dParams;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
+use crate::alloc::zeros;
 use crate::conv::FastConv2d;
+use crate::fixed_pattern::{add_to_sample, check_fits};
 use crate::storage::{f32_values, read_f32};
 use crate::surrogate::{split_shape, Output, Surrogate};
 
 /// `surrogate.apply_split(conv2d_polarities(input, weight, params))` as one op (see
 /// the module docs): its value and gradients, or with [`Output::GradientOnly`] zeros
 /// of its output's shape for the value and the same gradients, holding only `input`
-/// and `weight` for backward.
+/// and `weight` for backward. A `fixed_pattern` (one sample's output shape) is added
+/// to every sample's value, bit for bit as [`add_fixed_pattern`] would, without that
+/// op's copy of the output in the graph and the zeroed gradient candle's backward
+/// makes for it.
+///
+/// [`add_fixed_pattern`]: crate::fixed_pattern::add_fixed_pattern
 pub fn split_surrogate_conv2d(
     input: &Tensor,
     weight: &Tensor,
     params: Conv2dParams,
     surrogate: Surrogate,
     output: Output,
+    fixed_pattern: Option<&Tensor>,
 ) -> Result<Tensor> {
     input.apply_op2(
         weight,
@@ -44,7 +56,8 @@ pub fn split_surrogate_conv2d(
             conv: FastConv2d::polarities(params),
             surrogate,
             output,
-            sums: Mutex::new(None),
+            fixed_pattern: fixed_pattern.cloned(),
+            local: Mutex::new(None),
         },
     )
 }
@@ -54,9 +67,12 @@ struct SplitSurrogateConv {
     conv: FastConv2d,
     surrogate: Surrogate,
     output: Output,
-    /// The stacked sums of the forward that computed them, until the backward turns
-    /// them into their gradient (a second backward recomputes them).
-    sums: Mutex<Option<Vec<f32>>>,
+    /// Added to each sample's value.
+    fixed_pattern: Option<Tensor>,
+    /// The local derivatives of the stacked sums, from the forward that computed
+    /// them ([`Surrogate::split_image_keeping_local`]), until the backward turns them
+    /// into the sums' gradient (a second backward recomputes the sums).
+    local: Mutex<Option<Vec<f32>>>,
 }
 
 impl CustomOp2 for SplitSurrogateConv {
@@ -73,18 +89,36 @@ impl CustomOp2 for SplitSurrogateConv {
     ) -> Result<(CpuStorage, Shape)> {
         if self.output == Output::GradientOnly {
             let (_, shape) = split_shape(&self.conv.output_shape(l1.dims(), l2.shape())?)?;
-            return Ok((CpuStorage::F32(vec![0f32; shape.elem_count()]), shape));
+            return Ok((CpuStorage::F32(zeros(shape.elem_count())), shape));
         }
         let op = "the split surrogate conv2d";
-        let (sums, shape) = self.conv.run(
+        let (half, shape) = split_shape(&self.conv.output_shape(l1.dims(), l2.shape())?)?;
+        if let Some(pattern) = &self.fixed_pattern {
+            check_fits(shape.dims(), pattern.dims())?;
+        }
+        let pattern = self.fixed_pattern.as_ref().map(read_f32);
+        let pattern = pattern
+            .as_ref()
+            .map(|p| p.values("the split surrogate conv2d's fixed pattern"))
+            .transpose()?;
+        let mut value = zeros(shape.elem_count());
+        if value.is_empty() {
+            return Ok((CpuStorage::F32(value), shape));
+        }
+        let (local, _) = self.conv.run_then(
             l1.dims(),
             &f32_values(s1, l1, op)?,
             l2.shape(),
             f32_values(s2, l2, op)?,
+            value.par_chunks_mut(half).enumerate(),
+            |sums, (n, value)| {
+                self.surrogate.split_image_keeping_local(n, sums, value);
+                if let Some(pattern) = &pattern {
+                    add_to_sample(value, pattern);
+                }
+            },
         )?;
-        let (half, shape) = split_shape(&shape)?;
-        let value = self.surrogate.split_forward(&sums, half);
-        *self.sums.lock().unwrap_or_else(|e| e.into_inner()) = Some(sums);
+        *self.local.lock().unwrap_or_else(|e| e.into_inner()) = Some(local);
         Ok((CpuStorage::F32(value), shape))
     }
 
@@ -98,10 +132,10 @@ impl CustomOp2 for SplitSurrogateConv {
         let g = read_f32(grad);
         let g = g.values("the split surrogate conv2d's backward")?;
         let (half, _) = split_shape(&self.conv.output_shape(input.dims(), weight.shape())?)?;
-        let kept = self.sums.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(mut sums) = kept {
-            self.surrogate.split_backward(&mut sums, &g, half);
-            return self.conv.gradients(input, weight, &sums);
+        let kept = self.local.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut local) = kept {
+            Surrogate::split_backward_from_local(&mut local, &g, half);
+            return self.conv.gradients(input, weight, &local);
         }
         self.conv.recomputed_gradients(input, weight, |n, sums| {
             self.surrogate
@@ -114,6 +148,7 @@ impl CustomOp2 for SplitSurrogateConv {
 mod tests {
     use super::*;
     use crate::calibration::Calibration;
+    use crate::fixed_pattern::add_fixed_pattern;
     use crate::surrogate::Injection;
     use approx_hw::ErrorModel;
     use candle_core::{Device, Var};
@@ -123,9 +158,10 @@ mod tests {
     }
 
     /// The value (or zeros, for the gradient alone) and both gradients equal the
-    /// two-op form's bit for bit, with and without injected error, on odd shapes,
-    /// strides and paddings, through either weight gradient (image groups, whole
-    /// batch); a second backward of the same forward (the sums then recomputed) too.
+    /// two-op form's bit for bit, with and without injected error and a fixed
+    /// pattern, on odd shapes, strides and paddings, through either weight gradient
+    /// (image groups, whole batch), with maps of more than one surrogate chunk; a
+    /// second backward of the same forward (the sums then recomputed) too.
     #[test]
     fn value_and_gradients_equal_conv_then_split_surrogate() {
         let dev = Device::Cpu;
@@ -140,24 +176,37 @@ mod tests {
             ([1, 16, 6, 5], [6, 16, 3, 3], (1, 1), (0, 2)),
             // Image groups with the input gradient as a conv (stride 1, 16 channels).
             ([9, 16, 8, 8], [3, 16, 3, 3], (1, 1), (1, 1)),
+            // 130 x 129 outputs per channel: more than one surrogate chunk per image.
+            ([2, 2, 130, 129], [1, 2, 3, 3], (1, 1), (1, 1)),
         ];
         for (i, (xs, ws, stride, padding)) in cases.into_iter().enumerate() {
             let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, &xs, &dev).unwrap()).unwrap();
             let w = Var::from_tensor(&Tensor::rand(-0.5f32, 0.5, &ws, &dev).unwrap()).unwrap();
             let params = Conv2dParams { stride, padding };
-            for (injection, output) in [None, Some(i as u64)]
-                .into_iter()
-                .flat_map(|seed| [(seed, Output::Value), (seed, Output::GradientOnly)])
-            {
+            let cases = [None, Some(i as u64)].into_iter().flat_map(|seed| {
+                [
+                    (seed, Output::Value, false),
+                    (seed, Output::Value, true),
+                    (seed, Output::GradientOnly, false),
+                ]
+            });
+            for (injection, output, with_pattern) in cases {
                 let surrogate = Surrogate {
                     model: ErrorModel::OrN { n: 2 },
                     injection: injection.map(|seed| Injection { calibration, seed }),
                 };
-                let case = format!("case {i}, {injection:?}, {output:?}");
-                let two_ops = surrogate
+                let case = format!("case {i}, {injection:?}, {output:?}, pattern {with_pattern}");
+                let mut two_ops = surrogate
                     .apply_split(&crate::conv::conv2d_polarities(&x, &w, params).unwrap())
                     .unwrap();
-                let fused = split_surrogate_conv2d(&x, &w, params, surrogate, output).unwrap();
+                let pattern = with_pattern
+                    .then(|| Tensor::rand(-0.1f32, 0.1, &two_ops.dims()[1..], &dev).unwrap());
+                if let Some(pattern) = &pattern {
+                    two_ops = add_fixed_pattern(&two_ops, pattern).unwrap();
+                }
+                let fused =
+                    split_surrogate_conv2d(&x, &w, params, surrogate, output, pattern.as_ref())
+                        .unwrap();
                 assert_eq!(fused.dims(), two_ops.dims(), "{case}");
                 let bits = |t: &Tensor| values(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                 match output {
@@ -176,5 +225,25 @@ mod tests {
                 assert_eq!(gradients(&fused), want, "{case}, second backward");
             }
         }
+    }
+
+    #[test]
+    fn a_fixed_pattern_of_another_shape_is_an_error() {
+        let dev = Device::Cpu;
+        let x = Tensor::rand(0f32, 1.0, (2, 3, 6, 6), &dev).unwrap();
+        let w = Tensor::rand(-0.5f32, 0.5, (4, 3, 3, 3), &dev).unwrap();
+        let params = Conv2dParams {
+            stride: (1, 1),
+            padding: (1, 1),
+        };
+        let surrogate = Surrogate {
+            model: ErrorModel::OrN { n: 2 },
+            injection: None,
+        };
+        let pattern = Tensor::zeros((4, 5, 6), candle_core::DType::F32, &dev).unwrap();
+        let e = split_surrogate_conv2d(&x, &w, params, surrogate, Output::Value, Some(&pattern))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[4, 5, 6]") && e.contains("[2, 4, 6, 6]"), "{e}");
     }
 }

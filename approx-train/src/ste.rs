@@ -102,7 +102,7 @@ impl<Q: Quantize> CustomOp1 for StraightThroughMap<Q> {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let data = f32_values(storage, layout, Q::NAME)?;
         let q = self.0;
-        let mut out = vec![0f32; data.len()];
+        let mut out = crate::alloc::zeros(data.len());
         out.par_chunks_mut(CHUNK)
             .zip(data.par_chunks(CHUNK))
             .for_each(|(out, data)| {

@@ -21,6 +21,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use crate::alloc::zeros;
 use crate::calibration::{Calibration, ErrorPolynomials};
 use crate::storage::{f32_values, read_f32};
 
@@ -85,7 +86,7 @@ impl Surrogate {
     /// The values of [`Surrogate::apply_split`] for stacked sums `s` (per image, the
     /// `half` positive sums, then the `half` negative ones).
     pub(crate) fn split_forward(&self, s: &[f32], half: usize) -> Vec<f32> {
-        let mut out = vec![0f32; s.len() / 2];
+        let mut out = zeros(s.len() / 2);
         if half == 0 {
             return out;
         }
@@ -99,14 +100,55 @@ impl Surrogate {
                     .zip(pos.par_chunks(CHUNK).zip(neg.par_chunks(CHUNK)))
                     .enumerate()
                     .for_each(|(j, (out, (pos, neg)))| {
-                        let unit = (image * per_image + j) as u64;
-                        let mut minus = vec![0f32; out.len()];
-                        self.forward_chunk(pos, out, 2 * unit);
-                        self.forward_chunk(neg, &mut minus, 2 * unit + 1);
-                        out.iter_mut().zip(&minus).for_each(|(o, m)| *o -= m);
+                        self.split_chunk((image * per_image + j) as u64, pos, neg, out, None)
                     });
             });
         out
+    }
+
+    /// Image `image`'s part of [`Surrogate::split_forward`] (its stacked sums `s`, its
+    /// values `out`, the same bits), with every sum then overwritten by its local
+    /// derivative: the factor by which [`Surrogate::split_backward_from_local`] turns
+    /// the output gradient into the sum's gradient. A forward that keeps these needs
+    /// no OR-n evaluation in its backward, and computes the derivative with the value
+    /// (they share the exponential) while the sums are in cache.
+    pub(crate) fn split_image_keeping_local(&self, image: usize, s: &mut [f32], out: &mut [f32]) {
+        let half = out.len();
+        let per_image = half.div_ceil(CHUNK);
+        let mut local = vec![0f32; 2 * half.min(CHUNK)];
+        for (j, out) in out.chunks_mut(CHUNK).enumerate() {
+            let at = j * CHUNK..j * CHUNK + out.len();
+            let (pos_local, neg_local) = local.split_at_mut(out.len());
+            let neg_local = &mut neg_local[..out.len()];
+            let (pos, neg) = s.split_at(half);
+            self.split_chunk(
+                (image * per_image + j) as u64,
+                &pos[at.clone()],
+                &neg[at.clone()],
+                out,
+                Some((&mut *pos_local, &mut *neg_local)),
+            );
+            s[at.clone()].copy_from_slice(pos_local);
+            s[half..][at].copy_from_slice(neg_local);
+        }
+    }
+
+    /// One chunk of [`Surrogate::split_forward`]: `out = model(pos) − model(neg)`,
+    /// each with its noise (streams `2·unit` and `2·unit + 1`), and where asked the
+    /// local derivatives of both polarities.
+    fn split_chunk(
+        &self,
+        unit: u64,
+        pos: &[f32],
+        neg: &[f32],
+        out: &mut [f32],
+        local: Option<(&mut [f32], &mut [f32])>,
+    ) {
+        let (pos_local, neg_local) = local.unzip();
+        let mut minus = vec![0f32; out.len()];
+        self.forward_chunk(pos, out, pos_local.map(|l| (l, 1.0)), 2 * unit);
+        self.forward_chunk(neg, &mut minus, neg_local.map(|l| (l, -1.0)), 2 * unit + 1);
+        out.iter_mut().zip(&minus).for_each(|(o, m)| *o -= m);
     }
 
     /// The gradient of [`Surrogate::split_forward`] with respect to the stacked sums
@@ -124,18 +166,48 @@ impl Surrogate {
                     s.par_chunks_mut(CHUNK)
                         .zip(g.par_chunks(CHUNK))
                         .for_each(|(s, g)| {
-                            let mut d = vec![0f32; s.len()];
-                            self.backward_chunk(s, g, sign, &mut d);
-                            s.copy_from_slice(&d);
+                            let mut local = vec![0f32; s.len()];
+                            self.local_chunk(s, sign, &mut local);
+                            scale_by(&mut local, g);
+                            s.copy_from_slice(&local);
                         });
                 }
             });
     }
 
+    /// [`Surrogate::split_backward`] from the local derivatives that
+    /// [`Surrogate::split_image_keeping_local`] left in place of the sums: the same
+    /// bits, one multiplication per sum.
+    pub(crate) fn split_backward_from_local(local: &mut [f32], g: &[f32], half: usize) {
+        if half == 0 {
+            return;
+        }
+        local
+            .par_chunks_mut(2 * half)
+            .zip(g.par_chunks(half))
+            .for_each(|(local, g)| {
+                for local in local.chunks_mut(half) {
+                    scale_by(local, g);
+                }
+            });
+    }
+
     /// The surrogate of one chunk of sums `s` into `out`, its noise from `stream` of
-    /// the injection's seed.
-    fn forward_chunk(&self, s: &[f32], out: &mut [f32], stream: u64) {
-        self.model.evaluate(s, Some(&mut *out), None);
+    /// the injection's seed; with `local`, also the chunk's local derivatives times a
+    /// sign (±1) into the slice given ([`Surrogate::local_chunk`]'s bits).
+    fn forward_chunk(
+        &self,
+        s: &[f32],
+        out: &mut [f32],
+        local: Option<(&mut [f32], f32)>,
+        stream: u64,
+    ) {
+        let (mut local, sign) = local.unzip();
+        self.model
+            .evaluate(s, Some(&mut *out), local.as_deref_mut());
+        if let Some(local) = local {
+            self.finish_local(out, sign.unwrap_or(1.0), local);
+        }
         let Some(inj) = self.injection else {
             return;
         };
@@ -157,35 +229,49 @@ impl Surrogate {
         );
     }
 
-    /// The gradient of one chunk: `d = sign · g · (1 + bias′(x)) · model′(s)`.
-    fn backward_chunk(&self, s: &[f32], g: &[f32], sign: f32, d: &mut [f32]) {
-        match self.injection {
-            None => {
-                self.model.evaluate(s, None, Some(&mut *d));
-                with_avx2(
-                    #[inline(always)]
-                    || {
-                        for (d, &g) in d.iter_mut().zip(g) {
-                            *d *= sign * g;
-                        }
-                    },
-                );
-            }
-            Some(inj) => {
-                let mut x = vec![0f32; s.len()];
-                self.model.evaluate(s, Some(&mut x), Some(&mut *d));
-                let polynomials = ErrorPolynomials::new(&inj.calibration);
-                with_avx2(
-                    #[inline(always)]
-                    || {
-                        for ((d, &g), &x) in d.iter_mut().zip(g).zip(&x) {
-                            *d *= sign * g * polynomials.slope(x);
-                        }
-                    },
-                );
-            }
+    /// The local derivatives of one chunk of sums `s` times `sign` (±1), into
+    /// `local`: `sign · model′(s) · (1 + bias′(x))` with `x = model(s)`, the factor
+    /// that turns the output gradient into the sums' gradient (the noise is a
+    /// constant, as in REX-SC's fused kernels).
+    fn local_chunk(&self, s: &[f32], sign: f32, local: &mut [f32]) {
+        if self.injection.is_none() {
+            self.model.evaluate(s, None, Some(&mut *local));
+            return self.finish_local(&[], sign, local);
         }
+        let mut x = vec![0f32; s.len()];
+        self.model.evaluate(s, Some(&mut x), Some(&mut *local));
+        self.finish_local(&x, sign, local);
     }
+
+    /// Turns `model′(s)` in `local` into [`Surrogate::local_chunk`]'s factor, for the
+    /// model's values `x` (read only when injecting).
+    fn finish_local(&self, x: &[f32], sign: f32, local: &mut [f32]) {
+        let polynomials = self
+            .injection
+            .map(|inj| ErrorPolynomials::new(&inj.calibration));
+        with_avx2(
+            #[inline(always)]
+            || match &polynomials {
+                None => local.iter_mut().for_each(|d| *d *= sign),
+                Some(p) => local
+                    .iter_mut()
+                    .zip(x)
+                    .for_each(|(d, &x)| *d = sign * (*d * p.slope(x))),
+            },
+        );
+    }
+}
+
+/// `local ← local · g`, elementwise: local derivatives into gradients.
+fn scale_by(local: &mut [f32], g: &[f32]) {
+    with_avx2(
+        #[inline(always)]
+        || {
+            for (l, &g) in local.iter_mut().zip(g) {
+                *l *= g;
+            }
+        },
+    );
 }
 
 /// The elementwise surrogate op.
@@ -198,7 +284,7 @@ impl CustomOp1 for Elementwise {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let mut out = vec![0f32; layout.shape().elem_count()];
+        let mut out = zeros(layout.shape().elem_count());
         if self.1 == Output::GradientOnly {
             return Ok((CpuStorage::F32(out), layout.shape().clone()));
         }
@@ -206,7 +292,7 @@ impl CustomOp1 for Elementwise {
         out.par_chunks_mut(CHUNK)
             .zip(s.par_chunks(CHUNK))
             .enumerate()
-            .for_each(|(chunk, (out, s))| self.0.forward_chunk(s, out, chunk as u64));
+            .for_each(|(chunk, (out, s))| self.0.forward_chunk(s, out, None, chunk as u64));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -214,10 +300,13 @@ impl CustomOp1 for Elementwise {
         let op = "the surrogate's backward";
         let (s, g) = (read_f32(arg), read_f32(grad));
         let (s, g) = (s.values(op)?, g.values(op)?);
-        let mut d = vec![0f32; s.len()];
+        let mut d = zeros(s.len());
         d.par_chunks_mut(CHUNK)
             .zip(s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(d, (s, g))| self.0.backward_chunk(s, g, 1.0, d));
+            .for_each(|(d, (s, g))| {
+                self.0.local_chunk(s, 1.0, d);
+                scale_by(d, g);
+            });
         Ok(Some(Tensor::from_vec(d, arg.shape(), arg.device())?))
     }
 }
@@ -249,7 +338,7 @@ impl CustomOp1 for SplitPolarity {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (half, shape) = split_shape(layout.shape())?;
         if self.1 == Output::GradientOnly {
-            return Ok((CpuStorage::F32(vec![0f32; shape.elem_count()]), shape));
+            return Ok((CpuStorage::F32(zeros(shape.elem_count())), shape));
         }
         let s = f32_values(storage, layout, "the split surrogate")?;
         Ok((CpuStorage::F32(self.0.split_forward(&s, half)), shape))
