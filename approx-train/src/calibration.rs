@@ -466,6 +466,29 @@ impl ErrorPolynomials {
         }
     }
 
+    /// `pos ← (pos + bias(pos)) − (neg + bias(neg)) + √(std(pos)² + std(neg)²)·ε`
+    /// for every element, with `eps` the draws ε (none when the std is zero): the
+    /// injected difference of a split-unipolar layer's two polarities, their
+    /// independent noise drawn as one normal of the same std.
+    #[inline(always)]
+    pub(crate) fn inject_split(&self, pos: &mut [f32], neg: &[f32], eps: Option<&[f32]>) {
+        let biased = |x: f32| x + horner(&self.bias, self.t(x));
+        match eps {
+            None => {
+                for (p, &n) in pos.iter_mut().zip(neg) {
+                    *p = biased(*p) - biased(n);
+                }
+            }
+            Some(eps) => {
+                let std = |x: f32| horner(&self.std, self.t(x)).max(0.0);
+                for ((p, &n), &e) in pos.iter_mut().zip(neg).zip(eps) {
+                    let (sp, sn) = (std(*p), std(n));
+                    *p = biased(*p) - biased(n) + (sp * sp + sn * sn).sqrt() * e;
+                }
+            }
+        }
+    }
+
     /// `1 + bias′(x)`, the injected output's slope in the approximation's `x`
     /// (`1` outside the fitted range, where the bias is held constant).
     #[inline(always)]

@@ -73,7 +73,11 @@ impl Surrogate {
     /// The split-unipolar form: `sums` (f32, `[N, 2C, ...]`) holds the positive
     /// weights' sums in channels `0..C` and the negative weights' in `C..2C`; the
     /// result (`[N, C, ...]`) is the surrogate of the first half minus that of the
-    /// second, each with its own noise when injecting (REX-SC injects per polarity).
+    /// second, each with its own calibrated error when injecting (REX-SC injects per
+    /// polarity): `x± + bias(x±)`, and noise of std `√(std(x+)² + std(x−)²)`, one
+    /// draw per output. That is the distribution of REX-SC's two independent draws'
+    /// difference, `std(x+)·ε₁ − std(x−)·ε₂`, at half the draws (the normal draws
+    /// were a third of the surrogate's forward).
     pub fn apply_split(self, sums: &Tensor) -> Result<Tensor> {
         self.apply_split_for(sums, Output::Value)
     }
@@ -133,9 +137,9 @@ impl Surrogate {
         }
     }
 
-    /// One chunk of [`Surrogate::split_forward`]: `out = model(pos) − model(neg)`,
-    /// each with its noise (streams `2·unit` and `2·unit + 1`), and where asked the
-    /// local derivatives of both polarities.
+    /// One chunk of [`Surrogate::split_forward`]: `out = model(pos) − model(neg)`
+    /// with the injected error of both (noise from stream `unit`), and where asked
+    /// the local derivatives of both polarities.
     fn split_chunk(
         &self,
         unit: u64,
@@ -144,11 +148,29 @@ impl Surrogate {
         out: &mut [f32],
         local: Option<(&mut [f32], &mut [f32])>,
     ) {
-        let (pos_local, neg_local) = local.unzip();
+        let (mut pos_local, mut neg_local) = local.unzip();
         let mut minus = vec![0f32; out.len()];
-        self.forward_chunk(pos, out, pos_local.map(|l| (l, 1.0)), 2 * unit);
-        self.forward_chunk(neg, &mut minus, neg_local.map(|l| (l, -1.0)), 2 * unit + 1);
-        out.iter_mut().zip(&minus).for_each(|(o, m)| *o -= m);
+        self.model
+            .evaluate(pos, Some(&mut *out), pos_local.as_deref_mut());
+        self.model
+            .evaluate(neg, Some(&mut minus), neg_local.as_deref_mut());
+        if let Some(local) = pos_local {
+            self.finish_local(out, 1.0, local);
+        }
+        if let Some(local) = neg_local {
+            self.finish_local(&minus, -1.0, local);
+        }
+        let Some(inj) = self.injection else {
+            return out.iter_mut().zip(&minus).for_each(|(o, m)| *o -= m);
+        };
+        let polynomials = ErrorPolynomials::new(&inj.calibration);
+        let eps = polynomials
+            .has_std()
+            .then(|| standard_normals(inj.seed, unit, out.len()));
+        with_avx2(
+            #[inline(always)]
+            || polynomials.inject_split(out, &minus, eps.as_deref()),
+        );
     }
 
     /// The gradient of [`Surrogate::split_forward`] with respect to the stacked sums
@@ -193,21 +215,9 @@ impl Surrogate {
     }
 
     /// The surrogate of one chunk of sums `s` into `out`, its noise from `stream` of
-    /// the injection's seed; with `local`, also the chunk's local derivatives times a
-    /// sign (±1) into the slice given ([`Surrogate::local_chunk`]'s bits).
-    fn forward_chunk(
-        &self,
-        s: &[f32],
-        out: &mut [f32],
-        local: Option<(&mut [f32], f32)>,
-        stream: u64,
-    ) {
-        let (mut local, sign) = local.unzip();
-        self.model
-            .evaluate(s, Some(&mut *out), local.as_deref_mut());
-        if let Some(local) = local {
-            self.finish_local(out, sign.unwrap_or(1.0), local);
-        }
+    /// the injection's seed.
+    fn forward_chunk(&self, s: &[f32], out: &mut [f32], stream: u64) {
+        self.model.evaluate(s, Some(&mut *out), None);
         let Some(inj) = self.injection else {
             return;
         };
@@ -219,10 +229,7 @@ impl Surrogate {
                 || polynomials.add_bias(out),
             );
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(inj.seed);
-        rng.set_stream(stream);
-        let mut eps = vec![0f32; out.len()];
-        fill_standard_normal(&mut rng, &mut eps);
+        let eps = standard_normals(inj.seed, stream, out.len());
         with_avx2(
             #[inline(always)]
             || polynomials.inject(out, &eps),
@@ -262,6 +269,15 @@ impl Surrogate {
     }
 }
 
+/// `len` standard normal draws ε from stream `stream` of `seed`.
+fn standard_normals(seed: u64, stream: u64, len: usize) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    let mut eps = vec![0f32; len];
+    fill_standard_normal(&mut rng, &mut eps);
+    eps
+}
+
 /// `local ← local · g`, elementwise: local derivatives into gradients.
 fn scale_by(local: &mut [f32], g: &[f32]) {
     with_avx2(
@@ -292,7 +308,7 @@ impl CustomOp1 for Elementwise {
         out.par_chunks_mut(CHUNK)
             .zip(s.par_chunks(CHUNK))
             .enumerate()
-            .for_each(|(chunk, (out, s))| self.0.forward_chunk(s, out, None, chunk as u64));
+            .for_each(|(chunk, (out, s))| self.0.forward_chunk(s, out, chunk as u64));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -476,6 +492,52 @@ mod tests {
         }
         .apply_split(&Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap())
         .is_err());
+    }
+
+    /// The split form's noise is the difference of two independent draws per output,
+    /// `std(x+)·ε₁ − std(x−)·ε₂`, in distribution: zero mean, variance `std(x+)² +
+    /// std(x−)²`, around the difference of the biased values.
+    #[test]
+    fn split_noise_has_the_std_of_both_polarities() {
+        let (per_half, s_pos, s_neg) = (200_000, 1.5f32, 0.25f32);
+        let mut data = vec![s_pos; per_half];
+        data.extend(vec![s_neg; per_half]);
+        let sums = Tensor::from_vec(data, (1, 2, per_half), &Device::Cpu).unwrap();
+        let calibration = Calibration {
+            bias: [0.01, -0.03, 0.02, 0.0, 0.0, 0.0],
+            std: [0.02, 0.04, 0.0, 0.0, 0.0, 0.0],
+            range: [0.0, 3.0],
+        };
+        let model = ErrorModel::OrN { n: 2 };
+        let y = Surrogate {
+            model,
+            injection: Some(Injection {
+                calibration,
+                seed: 5,
+            }),
+        }
+        .apply_split(&sums)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+        let (x_pos, x_neg) = (model.value(f64::from(s_pos)), model.value(f64::from(s_neg)));
+        let centre = x_pos + calibration.bias(x_pos) - x_neg - calibration.bias(x_neg);
+        let want_std = calibration.std(x_pos).hypot(calibration.std(x_neg));
+        let n = y.len() as f64;
+        let mean = y.iter().map(|&v| f64::from(v) - centre).sum::<f64>() / n;
+        let var = y
+            .iter()
+            .map(|&v| (f64::from(v) - centre - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        assert!(mean.abs() < 3.0 * want_std / n.sqrt() + 1e-6, "mean {mean}");
+        assert!(
+            (var.sqrt() / want_std - 1.0).abs() < 0.01,
+            "std {} vs {want_std}",
+            var.sqrt()
+        );
     }
 
     #[test]
