@@ -4,6 +4,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 
 use crate::store::{Init, ParamStore};
+use approx_train::alloc::zeros;
 use approx_train::storage::{f32_values, read_f32};
 use rayon::prelude::*;
 
@@ -218,7 +219,7 @@ impl CustomOp3 for BatchNormOp {
         );
         let dims = l1.dims();
         let (c, inner) = (dims[1], dims[2..].iter().product::<usize>());
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeros(x.len());
         y.par_chunks_mut(inner)
             .zip(x.par_chunks(inner))
             .enumerate()
@@ -254,7 +255,7 @@ impl CustomOp3 for BatchNormOp {
         let (xv, g) = (read_f32(x), read_f32(grad));
         let (xv, g) = (xv.values(op)?, g.values(op)?);
         let (sum_g, sum_gx) = grad_sums(&xv, &g, (n, c, inner), &self.mean, &self.inv_std);
-        let mut dx = vec![0f32; xv.len()];
+        let mut dx = zeros(xv.len());
         dx.par_chunks_mut(inner)
             .zip(xv.par_chunks(inner).zip(g.par_chunks(inner)))
             .enumerate()

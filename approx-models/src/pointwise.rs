@@ -12,6 +12,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use approx_train::alloc::zeros;
 use approx_train::storage::f32_values;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to
@@ -71,7 +72,7 @@ impl CustomOp1 for Clamp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_values(s, l, "clamp")?;
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeros(x.len());
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(y, x)| {
@@ -107,7 +108,7 @@ impl CustomOp2 for ClampGrad {
             f32_values(s2, l2, "clamp backward")?,
         );
         let clamp = self.0;
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = zeros(x.len());
         dx.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(x.par_chunks(CHUNK)))
             .for_each(|(dx, (g, x))| {
@@ -159,7 +160,7 @@ impl CustomOp1 for AvgPool {
         let k = self.k;
         let scale = 1.0 / (k * k) as f32;
         let pre = |v: f32| self.pre.map_or(v, |c| c.apply(v));
-        let mut y = vec![0f32; planes * oh * ow];
+        let mut y = zeros(planes * oh * ow);
         y.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
             .for_each(|(y, x)| {
@@ -217,7 +218,7 @@ impl CustomOp3 for AvgPoolGrad {
             f32_values(s3, l3, op)?,
         );
         let scale = 1.0 / (k * k) as f32;
-        let mut dx = vec![0f32; planes * h * w];
+        let mut dx = zeros(planes * h * w);
         dx.par_chunks_mut(h * w)
             .zip(x.par_chunks(h * w))
             .zip(g.par_chunks(oh * ow).zip(y.par_chunks(oh * ow)))
