@@ -55,13 +55,17 @@ struct Clamp {
 }
 
 impl Clamp {
+    #[inline(always)]
     fn apply(&self, v: f32) -> f32 {
         v.max(self.min).min(self.max)
     }
 
-    /// Whether the gradient passes at `v`.
+    /// Whether the gradient passes at `v`. Both comparisons are made (`&`, not
+    /// `&&`), so that callers select rather than branch on activations that fall on
+    /// either side at random.
+    #[inline(always)]
     fn passes(&self, v: f32) -> bool {
-        v > self.min && v < self.max
+        (v > self.min) & (v < self.max)
     }
 }
 
@@ -149,6 +153,60 @@ impl AvgPool {
     }
 }
 
+impl AvgPool {
+    /// One plane's pooled outputs `y` (rows of `ow`) from its input `x` (rows of `w`)
+    /// with window `k` (inlined, so that a constant `k` specialises the loops).
+    #[inline(always)]
+    fn pool_plane(&self, k: usize, x: &[f32], y: &mut [f32], w: usize, ow: usize) {
+        let scale = 1.0 / (k * k) as f32;
+        let pre = |v: f32| self.pre.map_or(v, |c| c.apply(v));
+        for (oy, row) in y.chunks_mut(ow).enumerate() {
+            row.fill(0.0);
+            for line in x[oy * k * w..].chunks(w).take(k) {
+                for (o, win) in row.iter_mut().zip(line.chunks_exact(k)) {
+                    *o += win.iter().map(|&v| pre(v)).sum::<f32>();
+                }
+            }
+            for o in row.iter_mut() {
+                *o *= scale;
+                if let Some(c) = self.post {
+                    *o = c.apply(*o);
+                }
+            }
+        }
+    }
+
+    /// One plane's input gradient `dx` (rows of `w`) from its input `x`, pooled
+    /// outputs `y` and their gradient `g` (rows of `ow`), window `k` (inlined as
+    /// [`AvgPool::pool_plane`]).
+    #[inline(always)]
+    fn pool_grad_plane(
+        &self,
+        k: usize,
+        (dx, x): (&mut [f32], &[f32]),
+        (g, y): (&[f32], &[f32]),
+        (w, ow, oh): (usize, usize, usize),
+    ) {
+        let scale = 1.0 / (k * k) as f32;
+        for (row, (dx, x)) in dx.chunks_mut(w).zip(x.chunks(w)).enumerate().take(oh * k) {
+            let at = (row / k) * ow;
+            let (g, y) = (&g[at..at + ow], &y[at..at + ow]);
+            for (((win, xs), &g), &y) in dx.chunks_exact_mut(k).zip(x.chunks_exact(k)).zip(g).zip(y)
+            {
+                let passes = self.post.is_none_or(|c| c.passes(y));
+                let gv = if passes { g * scale } else { 0.0 };
+                for (d, &v) in win.iter_mut().zip(xs) {
+                    *d = if self.pre.is_none_or(|c| c.passes(v)) {
+                        gv
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+}
+
 impl CustomOp1 for AvgPool {
     fn name(&self) -> &'static str {
         "avg-pool"
@@ -157,27 +215,13 @@ impl CustomOp1 for AvgPool {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (planes, (h, w), (oh, ow)) = self.shape(l.dims())?;
         let x = f32_values(s, l, "average pooling")?;
-        let k = self.k;
-        let scale = 1.0 / (k * k) as f32;
-        let pre = |v: f32| self.pre.map_or(v, |c| c.apply(v));
         let mut y = zeros(planes * oh * ow);
         y.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
-            .for_each(|(y, x)| {
-                for (oy, row) in y.chunks_mut(ow).enumerate() {
-                    row.fill(0.0);
-                    for line in x[oy * k * w..].chunks(w).take(k) {
-                        for (o, win) in row.iter_mut().zip(line.chunks(k)) {
-                            *o += win.iter().map(|&v| pre(v)).sum::<f32>();
-                        }
-                    }
-                    for o in row.iter_mut() {
-                        *o *= scale;
-                        if let Some(c) = self.post {
-                            *o = c.apply(*o);
-                        }
-                    }
-                }
+            .for_each(|(y, x)| match self.k {
+                // The usual window as a constant, so that its loops unroll.
+                2 => self.pool_plane(2, x, y, w, ow),
+                k => self.pool_plane(k, x, y, w, ow),
             });
         let dims = l.dims();
         Ok((CpuStorage::F32(y), Shape::from((dims[0], dims[1], oh, ow))))
@@ -217,26 +261,13 @@ impl CustomOp3 for AvgPoolGrad {
             f32_values(s2, l2, op)?,
             f32_values(s3, l3, op)?,
         );
-        let scale = 1.0 / (k * k) as f32;
         let mut dx = zeros(planes * h * w);
         dx.par_chunks_mut(h * w)
             .zip(x.par_chunks(h * w))
             .zip(g.par_chunks(oh * ow).zip(y.par_chunks(oh * ow)))
-            .for_each(|((dx, x), (g, y))| {
-                for (row, (dx, x)) in dx.chunks_mut(w).zip(x.chunks(w)).enumerate().take(oh * k) {
-                    let at = (row / k) * ow;
-                    for (o, (win, xs)) in dx.chunks_mut(k).zip(x.chunks(k)).take(ow).enumerate() {
-                        let passes = pool.post.is_none_or(|c| c.passes(y[at + o]));
-                        let gv = if passes { g[at + o] * scale } else { 0.0 };
-                        for (d, &v) in win.iter_mut().zip(xs) {
-                            *d = if pool.pre.is_none_or(|c| c.passes(v)) {
-                                gv
-                            } else {
-                                0.0
-                            };
-                        }
-                    }
-                }
+            .for_each(|(input, output)| match k {
+                2 => pool.pool_grad_plane(2, input, output, (w, ow, oh)),
+                k => pool.pool_grad_plane(k, input, output, (w, ow, oh)),
             });
         Ok((CpuStorage::F32(dx), l3.shape().clone()))
     }
