@@ -8,6 +8,8 @@
 //! - `or_fn`: the SC surrogate's OR-n function, vectorised f32 blocks against the
 //!   scalar f64 functions;
 //! - `train_step`: a TinyConv training step in every execution mode on each hardware
-//!   kind, against the `float` step of the same model.
+//!   kind, against the `float` step of the same model;
+//! - `step_ratio` (plain timing, not criterion): the same steps as ratios of `float`
+//!   steps run in alternation with them, which this machine's drift cannot skew.
 //!
 //! The benchmarks are in `benches/`; run them with `cargo bench -p approx-benches`.

@@ -438,7 +438,11 @@ pub(crate) fn conv_counts(
     }
 }
 
+/// Each image's counts from `[pixel][channel]` to `[channel][pixel]` order.
 fn nhwc_to_nchw(src: &[u32], geo: &ConvGeometry) -> Vec<u32> {
+    /// Pixels transposed together: each channel's run of them fills a cache line,
+    /// where one pixel at a time wrote one value to each of O lines.
+    const TILE: usize = 16;
     let (o_count, pixels) = (geo.out_channels, geo.out_pixels());
     if pixels == 1 {
         return src.to_vec();
@@ -447,9 +451,12 @@ fn nhwc_to_nchw(src: &[u32], geo: &ConvGeometry) -> Vec<u32> {
     out.par_chunks_mut(o_count * pixels)
         .zip(src.par_chunks(o_count * pixels))
         .for_each(|(dst, src)| {
-            for (p, channels) in src.chunks(o_count).enumerate() {
-                for (o, &count) in channels.iter().enumerate() {
-                    dst[o * pixels + p] = count;
+            for (t, tile) in src.chunks(TILE * o_count).enumerate() {
+                let (p0, n) = (t * TILE, tile.len() / o_count);
+                for (o, row) in dst.chunks_mut(pixels).enumerate() {
+                    for (p, d) in row[p0..p0 + n].iter_mut().enumerate() {
+                        *d = tile[p * o_count + o];
+                    }
                 }
             }
         });
