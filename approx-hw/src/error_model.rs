@@ -6,6 +6,7 @@
 use crate::mult::MulTable;
 use crate::sc::or_fn::{or_n, or_n_derivative, or_n_slices};
 use crate::sc::Accumulation;
+use crate::simd::with_avx2;
 use crate::{HwSpec, Result};
 
 /// Which exact partial sums an [`ErrorModel`] is applied to, and how its values add up
@@ -122,14 +123,23 @@ impl ErrorModel {
         if let ErrorModel::OrN { n } = *self {
             return or_n_slices(u32::from(n), s, values, derivatives);
         }
+        // The other models elementwise through `value` and `derivative`, with the model
+        // matched once per slice: in each arm the variant is known, so the loops
+        // vectorise instead of matching per element.
         if let Some(out) = values {
-            for (o, &v) in out.iter_mut().zip(s) {
-                *o = self.value(f64::from(v)) as f32;
+            match *self {
+                m @ ErrorModel::Gain { .. } => map_each(s, out, |v| m.value(v)),
+                m @ ErrorModel::TileClamp { .. } => map_each(s, out, |v| m.value(v)),
+                m @ ErrorModel::Saturate { .. } => map_each(s, out, |v| m.value(v)),
+                m => map_each(s, out, |v| m.value(v)),
             }
         }
         if let Some(out) = derivatives {
-            for (o, &v) in out.iter_mut().zip(s) {
-                *o = self.derivative(f64::from(v)) as f32;
+            match *self {
+                m @ ErrorModel::Gain { .. } => map_each(s, out, |v| m.derivative(v)),
+                m @ ErrorModel::TileClamp { .. } => map_each(s, out, |v| m.derivative(v)),
+                m @ ErrorModel::Saturate { .. } => map_each(s, out, |v| m.derivative(v)),
+                m => map_each(s, out, |v| m.derivative(v)),
             }
         }
     }
@@ -178,6 +188,20 @@ fn tile_weight_max(weight: &[f32], fan_in: usize, rows: std::ops::Range<usize>) 
         .chunks(fan_in)
         .flat_map(|w| &w[rows.clone()])
         .fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// `out[i] = f(s[i])` through f64, for every element (compiled for AVX2 where the CPU
+/// has it).
+#[inline(always)]
+fn map_each(s: &[f32], out: &mut [f32], f: impl Fn(f64) -> f64) {
+    with_avx2(
+        #[inline(always)]
+        || {
+            for (o, &v) in out.iter_mut().zip(s) {
+                *o = f(f64::from(v)) as f32;
+            }
+        },
+    )
 }
 
 #[cfg(test)]
