@@ -12,46 +12,18 @@
 
 use std::time::Instant;
 
-use approx_models::{build, HwMap, ModelKind, Sequential};
+use approx_benches::{step_batch, step_model, STEP_SPECS};
+use approx_models::Sequential;
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
-use approx_train::optim::{Optimizer, OptimizerKind};
+use approx_train::optim::Optimizer;
 use approx_train::trainer::{self, on_large_stack};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
-const SPECS: [&str; 5] = [
-    "sc:len=64,acc=or2",
-    "sc:len=32,acc=or1",
-    "mult:design=mitchell",
-    "analog",
-    "fxp",
-];
-
-const BATCH: usize = 64;
 /// Steps of each mode before measuring (allocator and caches settle).
 const WARM_UP: usize = 2;
 /// Measured (float, mode) pairs per mode.
 const PAIRS: usize = 15;
-
-/// The same fixed batch as `train_step`.
-fn batch() -> (Tensor, Tensor) {
-    let n = BATCH * 3 * 32 * 32;
-    let x = Tensor::from_vec(
-        (0..n)
-            .map(|i| ((i * 7919) % 256) as f32 / 255.0)
-            .collect::<Vec<_>>(),
-        (BATCH, 3, 32, 32),
-        &Device::Cpu,
-    )
-    .expect("input batch");
-    let y = Tensor::from_vec(
-        (0..BATCH as u32).map(|i| i % 10).collect::<Vec<_>>(),
-        BATCH,
-        &Device::Cpu,
-    )
-    .expect("labels");
-    (x, y)
-}
 
 /// One step of `net` in `mode`, in milliseconds.
 fn timed_step(
@@ -79,19 +51,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// The median `float` step (ms) and, per other mode, the median ratio of its step to
 /// the `float` step of the same pair.
 fn measure(spec: &str, data: (&Tensor, &Tensor)) -> (f64, Vec<f64>) {
-    let hw = HwMap::All(spec.parse().expect("bench spec parses"));
-    let net = build(
-        ModelKind::TinyConv,
-        (3, 32, 32),
-        10,
-        &hw,
-        ExecMode::Float,
-        0,
-    )
-    .expect("TinyConv builds");
-    let params = net.named_vars().into_iter().map(|(_, v)| v).collect();
-    let mut opt = Optimizer::new(OptimizerKind::Adam { weight_decay: 1e-4 }, params, 1e-3)
-        .expect("optimizer");
+    let (net, mut opt) = step_model(spec);
     let mut float_times = Vec::new();
     let ratios = ExecMode::ALL
         .into_iter()
@@ -127,7 +87,7 @@ fn main() {
             .skip(1)
             .find(|a| !a.starts_with('-'))
             .unwrap_or_default();
-        let (x, y) = batch();
+        let (x, y) = step_batch();
         let modes: Vec<&str> = ExecMode::ALL
             .into_iter()
             .filter(|&m| m != ExecMode::Float)
@@ -138,7 +98,7 @@ fn main() {
             modes.join(" | "),
             "---:|".repeat(modes.len())
         );
-        for spec in SPECS.into_iter().filter(|s| s.contains(&filter)) {
+        for spec in STEP_SPECS.into_iter().filter(|s| s.contains(&filter)) {
             let (float, ratios) = measure(spec, (&x, &y));
             let ratios: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
             println!("| `{spec}` | {float:.1} | {} |", ratios.join(" | "));

@@ -6,43 +6,14 @@
 //! per period, runs before timing); `accurate` is the bit-accurate forward with the
 //! `approx-fn` gradient.
 
-use approx_models::{build, HwMap, ModelKind, Sequential};
+use approx_benches::{step_batch, step_model, STEP_SPECS};
+use approx_models::Sequential;
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
-use approx_train::optim::{Optimizer, OptimizerKind};
+use approx_train::optim::Optimizer;
 use approx_train::trainer::{self, on_large_stack};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use criterion::{BenchmarkId, Criterion};
-
-const SPECS: [&str; 5] = [
-    "sc:len=64,acc=or2",
-    "sc:len=32,acc=or1",
-    "mult:design=mitchell",
-    "analog",
-    "fxp",
-];
-
-const BATCH: usize = 64;
-
-/// A fixed batch: pixel-like inputs in [0, 1] and labels cycling through the classes.
-fn batch() -> (Tensor, Tensor) {
-    let n = BATCH * 3 * 32 * 32;
-    let x = Tensor::from_vec(
-        (0..n)
-            .map(|i| ((i * 7919) % 256) as f32 / 255.0)
-            .collect::<Vec<_>>(),
-        (BATCH, 3, 32, 32),
-        &Device::Cpu,
-    )
-    .expect("input batch");
-    let y = Tensor::from_vec(
-        (0..BATCH as u32).map(|i| i % 10).collect::<Vec<_>>(),
-        BATCH,
-        &Device::Cpu,
-    )
-    .expect("labels");
-    (x, y)
-}
 
 /// One step of `net` on `(x, y)`, as the trainer runs it.
 fn step(net: &Sequential, opt: &mut Optimizer, x: &Tensor, y: &Tensor) {
@@ -50,21 +21,9 @@ fn step(net: &Sequential, opt: &mut Optimizer, x: &Tensor, y: &Tensor) {
 }
 
 fn train_step(c: &mut Criterion) {
-    let (x, y) = batch();
-    for spec in SPECS {
-        let hw = HwMap::All(spec.parse().expect("bench spec parses"));
-        let net = build(
-            ModelKind::TinyConv,
-            (3, 32, 32),
-            10,
-            &hw,
-            ExecMode::Float,
-            0,
-        )
-        .expect("TinyConv builds");
-        let params = net.named_vars().into_iter().map(|(_, v)| v).collect();
-        let mut opt = Optimizer::new(OptimizerKind::Adam { weight_decay: 1e-4 }, params, 1e-3)
-            .expect("optimizer");
+    let (x, y) = step_batch();
+    for spec in STEP_SPECS {
+        let (net, mut opt) = step_model(spec);
         let mut group = c.benchmark_group(format!("train-step-{spec}"));
         group.sample_size(10);
         for mode in ExecMode::ALL {
