@@ -154,16 +154,16 @@ impl Surrogate {
             .evaluate(pos, Some(&mut *out), pos_local.as_deref_mut());
         self.model
             .evaluate(neg, Some(&mut minus), neg_local.as_deref_mut());
+        let polynomials = self.polynomials();
         if let Some(local) = pos_local {
-            self.finish_local(out, 1.0, local);
+            finish_local(polynomials.as_ref(), out, 1.0, local);
         }
         if let Some(local) = neg_local {
-            self.finish_local(&minus, -1.0, local);
+            finish_local(polynomials.as_ref(), &minus, -1.0, local);
         }
-        let Some(inj) = self.injection else {
+        let (Some(inj), Some(polynomials)) = (self.injection, polynomials) else {
             return out.iter_mut().zip(&minus).for_each(|(o, m)| *o -= m);
         };
-        let polynomials = ErrorPolynomials::new(&inj.calibration);
         let eps = polynomials
             .has_std()
             .then(|| standard_normals(inj.seed, unit, out.len()));
@@ -171,6 +171,12 @@ impl Surrogate {
             #[inline(always)]
             || polynomials.inject_split(out, &minus, eps.as_deref()),
         );
+    }
+
+    /// The injection's polynomials, prepared once per chunk, if injecting.
+    fn polynomials(&self) -> Option<ErrorPolynomials> {
+        self.injection
+            .map(|inj| ErrorPolynomials::new(&inj.calibration))
     }
 
     /// The gradient of [`Surrogate::split_forward`] with respect to the stacked sums
@@ -241,32 +247,30 @@ impl Surrogate {
     /// that turns the output gradient into the sums' gradient (the noise is a
     /// constant, as in REX-SC's fused kernels).
     fn local_chunk(&self, s: &[f32], sign: f32, local: &mut [f32]) {
-        if self.injection.is_none() {
+        let polynomials = self.polynomials();
+        if polynomials.is_none() {
             self.model.evaluate(s, None, Some(&mut *local));
-            return self.finish_local(&[], sign, local);
+            return finish_local(None, &[], sign, local);
         }
         let mut x = vec![0f32; s.len()];
         self.model.evaluate(s, Some(&mut x), Some(&mut *local));
-        self.finish_local(&x, sign, local);
+        finish_local(polynomials.as_ref(), &x, sign, local);
     }
+}
 
-    /// Turns `model′(s)` in `local` into [`Surrogate::local_chunk`]'s factor, for the
-    /// model's values `x` (read only when injecting).
-    fn finish_local(&self, x: &[f32], sign: f32, local: &mut [f32]) {
-        let polynomials = self
-            .injection
-            .map(|inj| ErrorPolynomials::new(&inj.calibration));
-        with_avx2(
-            #[inline(always)]
-            || match &polynomials {
-                None => local.iter_mut().for_each(|d| *d *= sign),
-                Some(p) => local
-                    .iter_mut()
-                    .zip(x)
-                    .for_each(|(d, &x)| *d = sign * (*d * p.slope(x))),
-            },
-        );
-    }
+/// Turns `model′(s)` in `local` into [`Surrogate::local_chunk`]'s factor, for the
+/// model's values `x` (read only with the injection's `polynomials`).
+fn finish_local(polynomials: Option<&ErrorPolynomials>, x: &[f32], sign: f32, local: &mut [f32]) {
+    with_avx2(
+        #[inline(always)]
+        || match polynomials {
+            None => local.iter_mut().for_each(|d| *d *= sign),
+            Some(p) => local
+                .iter_mut()
+                .zip(x)
+                .for_each(|(d, &x)| *d = sign * (*d * p.slope(x))),
+        },
+    );
 }
 
 /// `len` standard normal draws ε from stream `stream` of `seed`.
