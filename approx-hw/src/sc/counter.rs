@@ -7,7 +7,7 @@
 //! (or the plain sum for exact accumulation). Saturating early is exact because counts
 //! only grow: `min(a + b, n) = min(min(a, n) + min(b, n), n)`.
 
-use super::lanes::Lanes;
+use super::lanes::{Bits, Lanes};
 
 /// How the 512 bit positions of an accumulator map to clock cycles, and the OR-n limit.
 #[derive(Debug, Clone, Copy)]
@@ -30,46 +30,52 @@ impl CycleFold {
         }
     }
 
-    /// Merges the first `width` lanes of `planes` (the vector's words) and, for
-    /// B < 64, the sub-words of B bits, that stand for the same cycles, with `merge`;
-    /// returns one plane set per stream word and the number of words.
+    /// The output count of one accumulator's `planes`: merges the partial counts
+    /// that stand for the same cycles with `M`'s saturating add, first the vector's
+    /// words in registers (word l holds stream word l mod W, so word l takes in word
+    /// `l ^ d` for d from half the vector down to W), then, for B < 64, the sub-words of
+    /// B bits; then sums `M::cycles` over the stream words.
     #[inline(always)]
-    fn fold<const K: usize>(
-        &self,
-        lanes: [[u64; K]; 8],
-        width: usize,
-        merge: impl Fn([u64; K], [u64; K]) -> [u64; K],
-    ) -> ([[u64; K]; 4], usize) {
-        let w = self.words;
-        let mut out = [[0u64; K]; 4];
-        if w == 1 {
-            // B ≤ 64, the common case: one chain over the lanes, all in registers.
-            out[0] = lanes[1..width].iter().fold(lanes[0], |a, b| merge(a, *b));
-        } else {
-            // `words` is a power of two: a mask, not a division, in this hot path.
-            let lane_word = w - 1;
-            out[..w].copy_from_slice(&lanes[..w]);
-            for (l, lane) in lanes.iter().enumerate().take(width).skip(w) {
-                out[l & lane_word] = merge(out[l & lane_word], *lane);
+    fn count<V: Lanes, M: PlaneMerge<K>, const K: usize>(&self, mut planes: [V; K]) -> u32 {
+        let swap_merge =
+            |planes: [V; K], distance| M::merge(planes, planes.map(|p| p.swap_words(distance)));
+        if self.words == 1 {
+            // B ≤ 64, the common case: a fold of known depth, all in registers.
+            let mut distance = V::WORDS / 2;
+            while distance > 0 {
+                planes = swap_merge(planes, distance);
+                distance /= 2;
             }
+            let mut word = planes.map(|p| p.to_array()[0]);
+            let mut width = 64;
+            while width > self.len {
+                width /= 2;
+                let lo_mask = (1u64 << width) - 1;
+                word = M::merge(word.map(|p| p & lo_mask), word.map(|p| p >> width));
+            }
+            M::cycles(word, self.valid_mask(), self.n)
+        } else {
+            let mut distance = V::WORDS / 2;
+            while distance >= self.words {
+                planes = swap_merge(planes, distance);
+                distance /= 2;
+            }
+            let arrays = planes.map(V::to_array);
+            (0..self.words)
+                .map(|l| M::cycles(std::array::from_fn(|k| arrays[k][l]), u64::MAX, self.n))
+                .sum()
         }
-        let mut width = 64;
-        while width > self.len {
-            width /= 2;
-            let lo_mask = (1u64 << width) - 1;
-            let lo = out[0].map(|p| p & lo_mask);
-            let hi = out[0].map(|p| p >> width);
-            out[0] = merge(lo, hi);
-        }
-        (out, w)
     }
 }
 
-/// Transposes `K` vectors of 8 lanes into 8 lanes of `K` planes.
-#[inline(always)]
-fn by_lane<V: Lanes, const K: usize>(planes: [V; K]) -> [[u64; K]; 8] {
-    let arrays = planes.map(V::to_array);
-    std::array::from_fn(|l| std::array::from_fn(|k| arrays[k][l]))
+/// How a counter's planes combine: partial counts of the same cycles, and a word's
+/// total over its cycles.
+trait PlaneMerge<const K: usize> {
+    /// The saturating add of two partial counts, plane by plane; on words or on
+    /// vectors of them.
+    fn merge<B: Bits>(a: [B; K], b: [B; K]) -> [B; K];
+    /// `Σ min(count, n)` over the cycles of one word's `planes` that `mask` keeps.
+    fn cycles(planes: [u64; K], mask: u64, n: u32) -> u32;
 }
 
 /// An accumulator for one output value and one polarity.
@@ -109,21 +115,27 @@ impl<V: Lanes, const N: usize> Counter<V> for Thermometer<V, N> {
 
     #[inline(always)]
     fn count(&self, fold: &CycleFold) -> u32 {
-        let (words, w) = fold.fold(by_lane(self.0), V::WORDS, |a, b| {
-            std::array::from_fn(|k| {
-                let mut r = a[k] | b[k];
-                for j in 1..=k {
-                    r |= a[j - 1] & b[k - j];
-                }
-                r
-            })
-        });
-        let mask = fold.valid_mask();
-        words[..w]
-            .iter()
-            .flat_map(|planes| planes.iter())
-            .map(|p| (p & mask).count_ones())
-            .sum()
+        fold.count::<V, Self, N>(self.0)
+    }
+}
+
+impl<V, const N: usize> PlaneMerge<N> for Thermometer<V, N> {
+    /// `count ≥ k + 1` iff one side has `≥ k + 1`, or one `≥ j` and the other `≥ k + 1 − j`.
+    #[inline(always)]
+    fn merge<B: Bits>(a: [B; N], b: [B; N]) -> [B; N] {
+        std::array::from_fn(|k| {
+            let mut r = a[k].or(b[k]);
+            for j in 1..=k {
+                r = r.or(a[j - 1].and(b[k - j]));
+            }
+            r
+        })
+    }
+
+    /// Each plane counts its cycles once: `min(count, N) = Σ_k [count ≥ k + 1]`.
+    #[inline(always)]
+    fn cycles(planes: [u64; N], mask: u64, _n: u32) -> u32 {
+        planes.iter().map(|p| (p & mask).count_ones()).sum()
     }
 }
 
@@ -153,35 +165,42 @@ impl<V: Lanes, const K: usize> Counter<V> for Binary<V, K> {
 
     #[inline(always)]
     fn count(&self, fold: &CycleFold) -> u32 {
-        let (words, w) = fold.fold(by_lane(self.0), V::WORDS, |a, b| {
-            let mut out = [0u64; K];
-            let mut carry = 0u64;
-            for k in 0..K - 1 {
-                out[k] = a[k] ^ b[k] ^ carry;
-                carry = (a[k] & b[k]) | (carry & (a[k] ^ b[k]));
+        fold.count::<V, Self, K>(self.0)
+    }
+}
+
+impl<V, const K: usize> PlaneMerge<K> for Binary<V, K> {
+    /// A ripple-carry add of the K − 1 count bits; the sticky plane takes the carry out.
+    #[inline(always)]
+    fn merge<B: Bits>(a: [B; K], b: [B; K]) -> [B; K] {
+        let mut out = a;
+        out[0] = a[0].xor(b[0]);
+        let mut carry = a[0].and(b[0]);
+        for k in 1..K - 1 {
+            let x = a[k].xor(b[k]);
+            out[k] = x.xor(carry);
+            carry = a[k].and(b[k]).or(carry.and(x));
+        }
+        out[K - 1] = a[K - 1].or(b[K - 1]).or(carry);
+        out
+    }
+
+    #[inline(always)]
+    fn cycles(planes: [u64; K], mask: u64, n: u32) -> u32 {
+        // Bit-sliced `value ≥ n`, most significant bit first.
+        let (mut gt, mut eq) = (0u64, u64::MAX);
+        for k in (0..K - 1).rev() {
+            if (n >> k) & 1 == 1 {
+                eq &= planes[k];
+            } else {
+                gt |= eq & planes[k];
+                eq &= !planes[k];
             }
-            out[K - 1] = a[K - 1] | b[K - 1] | carry;
-            out
-        });
-        let mask = fold.valid_mask();
-        let n = fold.n;
-        let mut total = 0;
-        for planes in &words[..w] {
-            // Bit-sliced `value ≥ n`, most significant bit first.
-            let (mut gt, mut eq) = (0u64, u64::MAX);
-            for k in (0..K - 1).rev() {
-                if (n >> k) & 1 == 1 {
-                    eq &= planes[k];
-                } else {
-                    gt |= eq & planes[k];
-                    eq &= !planes[k];
-                }
-            }
-            let saturated = (planes[K - 1] | gt | eq) & mask;
-            total += n * saturated.count_ones();
-            for (k, plane) in planes[..K - 1].iter().enumerate() {
-                total += (plane & !saturated & mask).count_ones() << k;
-            }
+        }
+        let saturated = (planes[K - 1] | gt | eq) & mask;
+        let mut total = n * saturated.count_ones();
+        for (k, plane) in planes[..K - 1].iter().enumerate() {
+            total += (plane & !saturated & mask).count_ones() << k;
         }
         total
     }

@@ -23,12 +23,13 @@ use super::spec::{Accumulation, ScSpec};
 use super::stream::{Operand, StreamGenerator, StreamLayout, WEIGHT_SEED_BASE};
 use crate::geometry::ConvGeometry;
 
-/// The instruction set the SC kernel runs on. Both give the same bits.
+/// The instruction set the SC kernel runs on. All give the same bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Isa {
-    /// `std::arch` AVX-512 (F + VPOPCNTDQ), chosen at run time where the CPU has it.
+    /// `std::arch` AVX-512 (F + VPOPCNTDQ, and POPCNT for the final counts), chosen at
+    /// run time where the CPU has it.
     Avx512,
-    /// `std::arch` AVX2, for x86-64 CPUs without AVX-512.
+    /// `std::arch` AVX2 (and POPCNT), for x86-64 CPUs without AVX-512.
     Avx2,
     /// Plain Rust on `[u64; 8]` lanes; any CPU.
     Portable,
@@ -51,9 +52,13 @@ impl Isa {
             Isa::Avx512 => {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
+                    && std::arch::is_x86_feature_detected!("popcnt")
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("popcnt")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx512 | Isa::Avx2 => false,
         }
@@ -129,8 +134,8 @@ impl KernelArgs<'_> {
 /// Computes the P and N counts of output pixels `g0..g0 + pos.len()/O` (NHWC order).
 ///
 /// # Safety
-/// `k.act` and `k.weights` must hold the streams `k` describes; for `V = Avx512` the
-/// CPU must support AVX-512 F and VPOPCNTDQ.
+/// `k.act` and `k.weights` must hold the streams `k` describes; the CPU must support
+/// the instruction set `V` stands for (see [`Isa::is_supported`]).
 #[inline(always)]
 unsafe fn pixel_block<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>(
     k: &KernelArgs,
@@ -150,40 +155,40 @@ unsafe fn pixel_block<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>
     for o0 in (0..o_count).step_by(NR) {
         let wbase = k.weights.as_ptr().add(o0 * w_chan);
         for m0 in (0..pixels).step_by(MR) {
-            let field: [*const u64; MR] = std::array::from_fn(|m| fields[(m0 + m).min(pixels - 1)]);
+            // Pointers walk the tile's rows: activations by the padded input's row
+            // stride, weights by one run (the weight rows are contiguous).
+            let mut arow: [*const u64; MR] =
+                std::array::from_fn(|m| fields[(m0 + m).min(pixels - 1)]);
+            let mut wrow: [*const u64; NR] = std::array::from_fn(|r| wbase.add(r * w_chan));
             let mut acc = [[[C::new(); 2]; NR]; MR];
-            for i in 0..k.kernel_rows {
-                let arow: [*const u64; MR] =
-                    std::array::from_fn(|m| field[m].add(i * k.row_stride));
-                let wrow: [[*const u64; 2]; NR] = std::array::from_fn(|r| {
-                    std::array::from_fn(|p| wbase.add(r * w_chan + p * w_pol + i * k.run))
-                });
-                for v in (0..k.run).step_by(V::WORDS) {
-                    accumulate::<V, C, MR, NR>(&mut acc, &arow, &wrow, v);
+            for _ in 0..k.kernel_rows {
+                let mut v = 0;
+                while v < k.run {
+                    accumulate::<V, C, MR, NR>(&mut acc, &arow, &wrow, w_pol, v);
+                    v += V::WORDS;
                 }
+                arow = arow.map(|a| a.add(k.row_stride));
+                wrow = wrow.map(|w| w.add(k.run));
             }
-            for (m, acc_m) in acc.iter().enumerate() {
-                if m0 + m >= pixels {
-                    break;
-                }
-                for (r, acc_r) in acc_m.iter().enumerate() {
-                    let o = o0 + r;
-                    if o < o_count {
-                        pos[(m0 + m) * o_count + o] = acc_r[0].count(&k.fold);
-                        neg[(m0 + m) * o_count + o] = acc_r[1].count(&k.fold);
-                    }
+            for (m, acc_m) in acc.iter().enumerate().take(pixels - m0) {
+                let out = (m0 + m) * o_count + o0;
+                for (r, acc_r) in acc_m.iter().enumerate().take(o_count - o0) {
+                    pos[out + r] = acc_r[0].count(&k.fold);
+                    neg[out + r] = acc_r[1].count(&k.fold);
                 }
             }
         }
     }
 }
 
-/// Adds the vector at word offset `v` of each run to the tile's accumulators.
+/// Adds the vector at word offset `v` of each run to the tile's accumulators; channel
+/// `r`'s negative weights start `w_pol` words after its positive ones, `wrow[r]`.
 #[inline(always)]
 unsafe fn accumulate<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>(
     acc: &mut [[[C; 2]; NR]; MR],
     arow: &[*const u64; MR],
-    wrow: &[[*const u64; 2]; NR],
+    wrow: &[*const u64; NR],
+    w_pol: usize,
     v: usize,
 ) {
     // Plain loops, not closures: closures would not inherit the entry point's target
@@ -192,9 +197,9 @@ unsafe fn accumulate<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>(
     for m in 0..MR {
         a[m] = V::load(arow[m].add(v));
     }
-    for r in 0..NR {
-        let wp = V::load(wrow[r][0].add(v));
-        let wn = V::load(wrow[r][1].add(v));
+    for (r, w) in wrow.iter().enumerate() {
+        let wp = V::load(w.add(v));
+        let wn = V::load(w.add(w_pol + v));
         for m in 0..MR {
             acc[m][r][0].add(a[m], wp);
             acc[m][r][1].add(a[m], wn);
@@ -214,7 +219,7 @@ unsafe fn block_portable<C: Counter<Portable>, const MR: usize, const NR: usize>
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vpopcntdq")]
+#[target_feature(enable = "avx512f,avx512vpopcntdq,popcnt")]
 unsafe fn block_avx512<C: Counter<Avx512>, const MR: usize, const NR: usize>(
     k: &KernelArgs,
     g0: usize,
@@ -225,7 +230,7 @@ unsafe fn block_avx512<C: Counter<Avx512>, const MR: usize, const NR: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,popcnt")]
 unsafe fn block_avx2<C: Counter<Avx2>, const MR: usize, const NR: usize>(
     k: &KernelArgs,
     g0: usize,
