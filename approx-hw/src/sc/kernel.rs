@@ -131,20 +131,21 @@ impl KernelArgs<'_> {
     }
 }
 
-/// Computes the P and N counts of output pixels `g0..g0 + pos.len()/O` (NHWC order).
+/// Computes the P and N counts of output pixels `g0..g0 + pixels` (counted over the
+/// chunk) into `out`.
 ///
 /// # Safety
-/// `k.act` and `k.weights` must hold the streams `k` describes; the CPU must support
-/// the instruction set `V` stands for (see [`Isa::is_supported`]).
+/// `k.act` and `k.weights` must hold the streams `k` describes, `out` the chunk's
+/// counts, and no other task may write these pixels; the CPU must support the
+/// instruction set `V` stands for (see [`Isa::is_supported`]).
 #[inline(always)]
 unsafe fn pixel_block<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>(
     k: &KernelArgs,
     g0: usize,
-    pos: &mut [u32],
-    neg: &mut [u32],
+    pixels: usize,
+    out: &CountsOut,
 ) {
     let o_count = k.out_channels;
-    let pixels = pos.len() / o_count;
     let w_pol = k.kernel_rows * k.run;
     let w_chan = 2 * w_pol;
     // Receptive fields once per task: the divisions in `field_start` are not free.
@@ -171,10 +172,12 @@ unsafe fn pixel_block<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>
                 wrow = wrow.map(|w| w.add(k.run));
             }
             for (m, acc_m) in acc.iter().enumerate().take(pixels - m0) {
-                let out = (m0 + m) * o_count + o0;
+                let at = out.index(g0 + m0 + m, o0);
                 for (r, acc_r) in acc_m.iter().enumerate().take(o_count - o0) {
-                    pos[out + r] = acc_r[0].count(&k.fold);
-                    neg[out + r] = acc_r[1].count(&k.fold);
+                    out.write(
+                        at + r * out.per_image,
+                        [acc_r[0].count(&k.fold), acc_r[1].count(&k.fold)],
+                    );
                 }
             }
         }
@@ -207,15 +210,48 @@ unsafe fn accumulate<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>(
     }
 }
 
-type BlockFn = unsafe fn(&KernelArgs, usize, &mut [u32], &mut [u32]);
+/// Where the kernel's tasks write the P and N counts of a chunk of images, NCHW: each
+/// task its own output pixels, all channels.
+struct CountsOut {
+    pos: *mut u32,
+    neg: *mut u32,
+    /// Output pixels per image and channel.
+    per_image: usize,
+    out_channels: usize,
+}
+
+// SAFETY: the pointers are only written through `write`, by tasks that own disjoint
+// output pixels (see `conv_counts`).
+unsafe impl Sync for CountsOut {}
+
+impl CountsOut {
+    /// Element index of output pixel `g` (counted over the chunk), channel `o`.
+    #[inline(always)]
+    fn index(&self, g: usize, o: usize) -> usize {
+        let (image, p) = (g / self.per_image, g % self.per_image);
+        (image * self.out_channels + o) * self.per_image + p
+    }
+
+    /// Writes `[P, N]` at element `i`.
+    ///
+    /// # Safety
+    /// `i` must be inside the chunk and belong to the calling task's pixels.
+    #[inline(always)]
+    unsafe fn write(&self, i: usize, [p, n]: [u32; 2]) {
+        *self.pos.add(i) = p;
+        *self.neg.add(i) = n;
+    }
+}
+
+type BlockFn = unsafe fn(&KernelArgs, usize, usize, &CountsOut);
 
 unsafe fn block_portable<C: Counter<Portable>, const MR: usize, const NR: usize>(
     k: &KernelArgs,
     g0: usize,
-    pos: &mut [u32],
-    neg: &mut [u32],
+    pixels: usize,
+    out: &CountsOut,
 ) {
-    pixel_block::<Portable, C, MR, NR>(k, g0, pos, neg)
+    pixel_block::<Portable, C, MR, NR>(k, g0, pixels, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -223,10 +259,10 @@ unsafe fn block_portable<C: Counter<Portable>, const MR: usize, const NR: usize>
 unsafe fn block_avx512<C: Counter<Avx512>, const MR: usize, const NR: usize>(
     k: &KernelArgs,
     g0: usize,
-    pos: &mut [u32],
-    neg: &mut [u32],
+    pixels: usize,
+    out: &CountsOut,
 ) {
-    pixel_block::<Avx512, C, MR, NR>(k, g0, pos, neg)
+    pixel_block::<Avx512, C, MR, NR>(k, g0, pixels, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -234,10 +270,10 @@ unsafe fn block_avx512<C: Counter<Avx512>, const MR: usize, const NR: usize>(
 unsafe fn block_avx2<C: Counter<Avx2>, const MR: usize, const NR: usize>(
     k: &KernelArgs,
     g0: usize,
-    pos: &mut [u32],
-    neg: &mut [u32],
+    pixels: usize,
+    out: &CountsOut,
 ) {
-    pixel_block::<Avx2, C, MR, NR>(k, g0, pos, neg)
+    pixel_block::<Avx2, C, MR, NR>(k, g0, pixels, out)
 }
 
 /// The counter and tile shape (MR pixels × NR channels) of each accumulation, given
@@ -429,41 +465,22 @@ pub(crate) fn conv_counts(
             out_size: geo.out_size(),
             stride: geo.params.stride,
         };
-        let task = PIXELS_PER_TASK * o_count;
-        pos.par_chunks_mut(task)
-            .zip(neg.par_chunks_mut(task))
-            .enumerate()
-            // SAFETY: `k` describes `act` and `weights` as built above; `select` only
-            // returns the AVX-512 entry when the CPU supports it.
-            .for_each(|(t, (p, n))| unsafe { block(&k, t * PIXELS_PER_TASK, p, n) });
+        let out = CountsOut {
+            pos: pos.as_mut_ptr(),
+            neg: neg.as_mut_ptr(),
+            per_image,
+            out_channels: o_count,
+        };
+        let pixels = images * per_image;
+        (0..pixels.div_ceil(PIXELS_PER_TASK))
+            .into_par_iter()
+            // SAFETY: `k` describes `act` and `weights` as built above, `out` this
+            // chunk's counts, and each task writes only its own pixels; `select` only
+            // returns an instruction set's entry when the CPU supports it.
+            .for_each(|t| unsafe {
+                let g0 = t * PIXELS_PER_TASK;
+                block(&k, g0, PIXELS_PER_TASK.min(pixels - g0), &out)
+            });
     }
-    Counts {
-        pos: nhwc_to_nchw(&pos, geo),
-        neg: nhwc_to_nchw(&neg, geo),
-    }
-}
-
-/// Each image's counts from `[pixel][channel]` to `[channel][pixel]` order.
-fn nhwc_to_nchw(src: &[u32], geo: &ConvGeometry) -> Vec<u32> {
-    /// Pixels transposed together: each channel's run of them fills a cache line,
-    /// where one pixel at a time wrote one value to each of O lines.
-    const TILE: usize = 16;
-    let (o_count, pixels) = (geo.out_channels, geo.out_pixels());
-    if pixels == 1 {
-        return src.to_vec();
-    }
-    let mut out = vec![0u32; src.len()];
-    out.par_chunks_mut(o_count * pixels)
-        .zip(src.par_chunks(o_count * pixels))
-        .for_each(|(dst, src)| {
-            for (t, tile) in src.chunks(TILE * o_count).enumerate() {
-                let (p0, n) = (t * TILE, tile.len() / o_count);
-                for (o, row) in dst.chunks_mut(pixels).enumerate() {
-                    for (p, d) in row[p0..p0 + n].iter_mut().enumerate() {
-                        *d = tile[p * o_count + o];
-                    }
-                }
-            }
-        });
-    out
+    Counts { pos, neg }
 }
