@@ -18,6 +18,7 @@
 //! ```
 
 pub mod analog;
+pub mod buffer;
 mod error;
 pub mod error_model;
 pub mod fxp;

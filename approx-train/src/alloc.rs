@@ -15,10 +15,7 @@
 //! freed, and the next step faults the pages in again (about 2000 faults, 8 MiB, per
 //! float TinyConv step). One arena, the main heap, serves every thread instead.
 
-use std::mem::MaybeUninit;
 use std::sync::Once;
-
-use rayon::prelude::*;
 
 /// Blocks up to this size (the largest glibc accepts) come from the heap.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -57,33 +54,5 @@ pub fn release_free_memory() {
     }
 }
 
-/// `len` zeros, written in parallel by rayon's pool: the buffer for an op's output of
-/// activation size. `vec![0.0; len]` zeroes a block reused from the heap (see
-/// [`keep_freed_memory`]) on the calling thread, which is the thread that runs
-/// candle's graph, while the pool waits: on an SC `inject` step of TinyConv, the split
-/// conv's two output buffers alone were 4 ms of such serial zeroing per step.
-pub fn zeros(len: usize) -> Vec<f32> {
-    /// Elements zeroed per parallel task (256 KiB).
-    const CHUNK: usize = 1 << 16;
-    let mut values = Vec::with_capacity(len);
-    values.spare_capacity_mut()[..len]
-        .par_chunks_mut(CHUNK)
-        .for_each(|chunk| chunk.fill(MaybeUninit::new(0.0)));
-    // SAFETY: the first `len` elements of the capacity were initialised just above.
-    unsafe { values.set_len(len) };
-    values
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zeros_are_zeros_of_the_length_asked() {
-        for len in [0, 1, (1 << 16) - 1, 1 << 16, 3 * (1 << 16) + 17] {
-            let v = zeros(len);
-            assert_eq!(v.len(), len);
-            assert!(v.iter().all(|&x| x.to_bits() == 0), "len {len}");
-        }
-    }
-}
+/// `len` zeros written by rayon's pool (see [`approx_hw::buffer::zeros`]).
+pub use approx_hw::buffer::zeros;

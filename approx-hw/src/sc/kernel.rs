@@ -21,6 +21,9 @@ use super::lanes::{Lanes, Portable};
 use super::quantize::{split_unipolar, stream_int};
 use super::spec::{Accumulation, ScSpec};
 use super::stream::{Operand, StreamGenerator, StreamLayout, WEIGHT_SEED_BASE};
+use candle_core::CpuStorage;
+
+use crate::buffer::zeros;
 use crate::geometry::ConvGeometry;
 
 /// The instruction set the SC kernel runs on. All give the same bits.
@@ -143,7 +146,7 @@ unsafe fn pixel_block<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>
     k: &KernelArgs,
     g0: usize,
     pixels: usize,
-    out: &CountsOut,
+    out: &ChunkOut,
 ) {
     let o_count = k.out_channels;
     let w_pol = k.kernel_rows * k.run;
@@ -210,21 +213,37 @@ unsafe fn accumulate<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>(
     }
 }
 
-/// Where the kernel's tasks write the P and N counts of a chunk of images, NCHW: each
-/// task its own output pixels, all channels.
-struct CountsOut {
-    pos: *mut u32,
-    neg: *mut u32,
+/// What the kernel makes of each output's P and N counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// `(P − N) / B`, f32.
+    Value,
+    /// P, then N, u32: two planes of the output's shape.
+    Counts,
+}
+
+/// Where the kernel's tasks write a chunk of images' outputs, NCHW: each task its own
+/// output pixels, all channels.
+struct ChunkOut {
+    sink: Sink,
     /// Output pixels per image and channel.
     per_image: usize,
     out_channels: usize,
 }
 
-// SAFETY: the pointers are only written through `write`, by tasks that own disjoint
-// output pixels (see `conv_counts`).
-unsafe impl Sync for CountsOut {}
+#[derive(Clone, Copy)]
+enum Sink {
+    /// [`Output::Value`], B as f32.
+    Value { out: *mut f32, len: f32 },
+    /// [`Output::Counts`]: P and N at the same index of their planes.
+    Counts { pos: *mut u32, neg: *mut u32 },
+}
 
-impl CountsOut {
+// SAFETY: the pointers are only written through `write`, by tasks that own disjoint
+// output pixels (see `conv`).
+unsafe impl Sync for ChunkOut {}
+
+impl ChunkOut {
     /// Element index of output pixel `g` (counted over the chunk), channel `o`.
     #[inline(always)]
     fn index(&self, g: usize, o: usize) -> usize {
@@ -232,24 +251,29 @@ impl CountsOut {
         (image * self.out_channels + o) * self.per_image + p
     }
 
-    /// Writes `[P, N]` at element `i`.
+    /// Writes the output of counts `[P, N]` at element `i`.
     ///
     /// # Safety
     /// `i` must be inside the chunk and belong to the calling task's pixels.
     #[inline(always)]
     unsafe fn write(&self, i: usize, [p, n]: [u32; 2]) {
-        *self.pos.add(i) = p;
-        *self.neg.add(i) = n;
+        match self.sink {
+            Sink::Value { out, len } => *out.add(i) = (p as f32 - n as f32) / len,
+            Sink::Counts { pos, neg } => {
+                *pos.add(i) = p;
+                *neg.add(i) = n;
+            }
+        }
     }
 }
 
-type BlockFn = unsafe fn(&KernelArgs, usize, usize, &CountsOut);
+type BlockFn = unsafe fn(&KernelArgs, usize, usize, &ChunkOut);
 
 unsafe fn block_portable<C: Counter<Portable>, const MR: usize, const NR: usize>(
     k: &KernelArgs,
     g0: usize,
     pixels: usize,
-    out: &CountsOut,
+    out: &ChunkOut,
 ) {
     pixel_block::<Portable, C, MR, NR>(k, g0, pixels, out)
 }
@@ -260,7 +284,7 @@ unsafe fn block_avx512<C: Counter<Avx512>, const MR: usize, const NR: usize>(
     k: &KernelArgs,
     g0: usize,
     pixels: usize,
-    out: &CountsOut,
+    out: &ChunkOut,
 ) {
     pixel_block::<Avx512, C, MR, NR>(k, g0, pixels, out)
 }
@@ -271,7 +295,7 @@ unsafe fn block_avx2<C: Counter<Avx2>, const MR: usize, const NR: usize>(
     k: &KernelArgs,
     g0: usize,
     pixels: usize,
-    out: &CountsOut,
+    out: &ChunkOut,
 ) {
     pixel_block::<Avx2, C, MR, NR>(k, g0, pixels, out)
 }
@@ -324,12 +348,6 @@ fn select(isa: Isa, acc: Accumulation) -> BlockFn {
             [(2, 1), (2, 1), (1, 1), (1, 1), (1, 1), (1, 1)]
         ),
     }
-}
-
-/// P and N counts of an SC conv, NCHW order.
-pub(crate) struct Counts {
-    pub pos: Vec<u32>,
-    pub neg: Vec<u32>,
 }
 
 /// Weight streams `[O padded to MAX_NR][polarity][KH][padded run of KW·pixel words]`.
@@ -408,14 +426,29 @@ fn image_streams(
 }
 
 /// Runs the SC conv `geo` of `spec` on `isa` (falling back to portable code if the CPU
-/// lacks it) and returns the P and N counts.
-pub(crate) fn conv_counts(
+/// lacks it) and returns its `output`, NCHW.
+pub(crate) fn conv(
     geo: &ConvGeometry,
     input: Strided4,
     weight: Strided4,
     spec: &ScSpec,
     isa: Isa,
-) -> Counts {
+    output: Output,
+) -> CpuStorage {
+    conv_in_chunks(geo, input, weight, spec, isa, output, ACT_CHUNK_WORDS)
+}
+
+/// [`conv`], holding at most `chunk_words` words of activation streams at once (at
+/// least one image).
+fn conv_in_chunks(
+    geo: &ConvGeometry,
+    input: Strided4,
+    weight: Strided4,
+    spec: &ScSpec,
+    isa: Isa,
+    output: Output,
+    chunk_words: usize,
+) -> CpuStorage {
     let layout = StreamLayout {
         len: spec.stream_len(),
     };
@@ -435,23 +468,44 @@ pub(crate) fn conv_counts(
     let o_count = geo.out_channels;
     let per_image = geo.out_pixels();
     let image_words = hp * wp * pw;
-    let mut pos = vec![0u32; geo.batch * per_image * o_count];
-    let mut neg = vec![0u32; pos.len()];
-    let chunk_images = (ACT_CHUNK_WORDS / image_words).clamp(1, geo.batch);
-    let chunk_out = chunk_images * per_image * o_count;
-    for (chunk, (pos, neg)) in pos
-        .chunks_mut(chunk_out)
-        .zip(neg.chunks_mut(chunk_out))
-        .enumerate()
-    {
-        let first = chunk * chunk_images;
-        let images = pos.len() / (per_image * o_count);
-        // RUN_ALIGN slack words: the last run's padding may read past the last image.
-        let mut act = vec![0u64; images * image_words + RUN_ALIGN];
+    let len = geo.batch * per_image * o_count;
+    // Every element is written once by the kernel's tasks below, so the buffers start
+    // uninitialised: zeroing them would be a serial pass as long as the output.
+    let mut values: Vec<f32> = Vec::new();
+    let mut counts: Vec<u32> = Vec::new();
+    let base = match output {
+        Output::Value => {
+            values.reserve_exact(len);
+            Sink::Value {
+                out: values.spare_capacity_mut().as_mut_ptr().cast(),
+                len: layout.len as f32,
+            }
+        }
+        Output::Counts => {
+            counts.reserve_exact(2 * len);
+            let pos: *mut u32 = counts.spare_capacity_mut().as_mut_ptr().cast();
+            Sink::Counts {
+                pos,
+                // SAFETY: the capacity holds both planes.
+                neg: unsafe { pos.add(len) },
+            }
+        }
+    };
+    let chunk_images = (chunk_words / image_words).clamp(1, geo.batch);
+    // RUN_ALIGN slack words: the last run's padding may read past the last image.
+    let mut act = zeros::<u64>(chunk_images * image_words + RUN_ALIGN);
+    for first in (0..geo.batch).step_by(chunk_images) {
+        let images = chunk_images.min(geo.batch - first);
         act.par_chunks_mut(image_words)
             .take(images)
             .enumerate()
-            .for_each(|(i, dst)| image_streams(geo, input, first + i, &gen, layout, dst));
+            .for_each(|(i, dst)| {
+                if first > 0 {
+                    // The previous chunk's streams.
+                    dst.fill(0);
+                }
+                image_streams(geo, input, first + i, &gen, layout, dst)
+            });
         let k = KernelArgs {
             act: &act,
             weights: &weights,
@@ -465,9 +519,22 @@ pub(crate) fn conv_counts(
             out_size: geo.out_size(),
             stride: geo.params.stride,
         };
-        let out = CountsOut {
-            pos: pos.as_mut_ptr(),
-            neg: neg.as_mut_ptr(),
+        let offset = first * per_image * o_count;
+        // SAFETY: `offset` is inside the output, which the capacity reserved above holds.
+        let sink = unsafe {
+            match base {
+                Sink::Value { out, len } => Sink::Value {
+                    out: out.add(offset),
+                    len,
+                },
+                Sink::Counts { pos, neg } => Sink::Counts {
+                    pos: pos.add(offset),
+                    neg: neg.add(offset),
+                },
+            }
+        };
+        let out = ChunkOut {
+            sink,
             per_image,
             out_channels: o_count,
         };
@@ -475,12 +542,92 @@ pub(crate) fn conv_counts(
         (0..pixels.div_ceil(PIXELS_PER_TASK))
             .into_par_iter()
             // SAFETY: `k` describes `act` and `weights` as built above, `out` this
-            // chunk's counts, and each task writes only its own pixels; `select` only
+            // chunk's outputs, and each task writes only its own pixels; `select` only
             // returns an instruction set's entry when the CPU supports it.
             .for_each(|t| unsafe {
                 let g0 = t * PIXELS_PER_TASK;
                 block(&k, g0, PIXELS_PER_TASK.min(pixels - g0), &out)
             });
     }
-    Counts { pos, neg }
+    // SAFETY: the chunks' tasks wrote every output pixel of every channel (of both
+    // planes for counts).
+    unsafe {
+        match output {
+            Output::Value => {
+                values.set_len(len);
+                CpuStorage::F32(values)
+            }
+            Output::Counts => {
+                counts.set_len(2 * len);
+                CpuStorage::U32(counts)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::Conv2dParams;
+
+    /// Images processed in several chunks, which reuse one activation buffer, give the
+    /// outputs of one chunk: B < 64 (streams ORed into shared words) and B = 64, inputs
+    /// with zeros (whose streams are skipped, not written).
+    #[test]
+    fn chunks_give_the_outputs_of_one_pass() {
+        let (batch, c, o, h) = (5, 3, 4, 6);
+        let input: Vec<f32> = (0..batch * c * h * h)
+            .map(|i| {
+                if i % 3 == 0 {
+                    0.0
+                } else {
+                    ((i * 37) % 101) as f32 / 101.0
+                }
+            })
+            .collect();
+        let weight: Vec<f32> = (0..o * c * 9)
+            .map(|i| ((i * 53) % 97) as f32 / 97.0 - 0.5)
+            .collect();
+        let geo = ConvGeometry::conv2d(&[batch, c, h, h], &[o, c, 3, 3], Conv2dParams::new(1, 1))
+            .expect("geometry");
+        let strided = |data, dims: [usize; 4]| Strided4 {
+            data,
+            offset: 0,
+            strides: [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1],
+        };
+        let (x, w) = (
+            strided(&input, [batch, c, h, h]),
+            strided(&weight, [o, c, 3, 3]),
+        );
+        for spec in ["sc:len=16,acc=or2", "sc:len=64,acc=or1"] {
+            let crate::HwSpec::Sc(spec) = spec.parse().expect("spec") else {
+                unreachable!()
+            };
+            let image_words = {
+                let (hp, wp) = geo.padded_size();
+                hp * wp
+                    * StreamLayout {
+                        len: spec.stream_len(),
+                    }
+                    .pixel_words(c)
+            };
+            for output in [Output::Value, Output::Counts] {
+                let run = |chunk_words| match conv_in_chunks(
+                    &geo,
+                    x,
+                    w,
+                    &spec,
+                    Isa::best(),
+                    output,
+                    chunk_words,
+                ) {
+                    CpuStorage::F32(v) => v.iter().map(|v| v.to_bits()).collect(),
+                    CpuStorage::U32(v) => v,
+                    _ => unreachable!("the kernel returns f32 or u32"),
+                };
+                let whole = run(ACT_CHUNK_WORDS);
+                assert_eq!(run(2 * image_words), whole, "{spec} {output:?}");
+            }
+        }
+    }
 }

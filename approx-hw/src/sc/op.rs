@@ -3,7 +3,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
-use super::kernel::{conv_counts, Isa, Strided4};
+use super::kernel::{conv, Isa, Output, Strided4};
 use super::spec::ScSpec;
 use crate::geometry::{Conv2dParams, ConvGeometry};
 use crate::layer::check_f32;
@@ -14,15 +14,6 @@ use crate::Result;
 enum Layer {
     Conv2d(Conv2dParams),
     Linear,
-}
-
-/// What an [`ScOp`] returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Output {
-    /// `(P − N) / B`, f32, the layer's shape.
-    Value,
-    /// P and N stacked on a new leading axis of 2, u32.
-    Counts,
 }
 
 /// A bit-exact SC layer as a candle [`CustomOp2`] over (input, weight). Forward only:
@@ -89,29 +80,22 @@ impl ScOp {
                 },
             }
         };
-        let counts = conv_counts(&geo, strided(s1, l1), strided(s2, l2), &self.spec, self.isa);
         let mut shape: Vec<usize> = match self.layer {
             Layer::Conv2d(_) => geo.out_shape().to_vec(),
             Layer::Linear => vec![geo.batch, geo.out_channels],
         };
-        Ok(match self.output {
-            Output::Value => {
-                let b = self.spec.stream_len() as f32;
-                let value = counts
-                    .pos
-                    .iter()
-                    .zip(&counts.neg)
-                    .map(|(&p, &n)| (p as f32 - n as f32) / b)
-                    .collect();
-                (CpuStorage::F32(value), Shape::from(shape))
-            }
-            Output::Counts => {
-                shape.insert(0, 2);
-                let mut both = counts.pos;
-                both.extend_from_slice(&counts.neg);
-                (CpuStorage::U32(both), Shape::from(shape))
-            }
-        })
+        if self.output == Output::Counts {
+            shape.insert(0, 2);
+        }
+        let out = conv(
+            &geo,
+            strided(s1, l1),
+            strided(s2, l2),
+            &self.spec,
+            self.isa,
+            self.output,
+        );
+        Ok((out, Shape::from(shape)))
     }
 }
 
