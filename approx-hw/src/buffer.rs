@@ -10,9 +10,7 @@ use rayon::prelude::*;
 /// waits: on an SC `inject` step of TinyConv, the split conv's two output buffers alone
 /// were 4 ms of such serial zeroing per step.
 pub fn zeros<T: Default + Copy + Send>(len: usize) -> Vec<T> {
-    /// Bytes zeroed per parallel task (256 KiB).
-    const CHUNK_BYTES: usize = 1 << 18;
-    let chunk = (CHUNK_BYTES / size_of::<T>().max(1)).max(1);
+    let chunk = chunk_len::<T>();
     let mut values = Vec::with_capacity(len);
     values.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk)
@@ -20,6 +18,28 @@ pub fn zeros<T: Default + Copy + Send>(len: usize) -> Vec<T> {
     // SAFETY: the first `len` elements of the capacity were initialised just above.
     unsafe { values.set_len(len) };
     values
+}
+
+/// A copy of `src`, written in parallel by rayon's pool, for the reason [`zeros`] gives.
+pub fn copied<T: Copy + Send + Sync>(src: &[T]) -> Vec<T> {
+    let chunk = chunk_len::<T>();
+    let mut values = Vec::with_capacity(src.len());
+    values.spare_capacity_mut()[..src.len()]
+        .par_chunks_mut(chunk)
+        .zip(src.par_chunks(chunk))
+        .for_each(|(dst, src)| {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                d.write(s);
+            }
+        });
+    // SAFETY: the first `src.len()` elements of the capacity were initialised above.
+    unsafe { values.set_len(src.len()) };
+    values
+}
+
+/// Elements per parallel task: 256 KiB of them.
+fn chunk_len<T>() -> usize {
+    ((1 << 18) / size_of::<T>().max(1)).max(1)
 }
 
 #[cfg(test)]
@@ -35,6 +55,16 @@ mod tests {
             let w = zeros::<u64>(len);
             assert_eq!(w.len(), len);
             assert!(w.iter().all(|&x| x == 0), "len {len}");
+        }
+    }
+
+    #[test]
+    fn copies_equal_their_source() {
+        for len in [0, 1, (1 << 16) - 1, 1 << 16, 3 * (1 << 16) + 17] {
+            let src: Vec<u32> = (0..len as u32)
+                .map(|i| i.wrapping_mul(2_654_435_761))
+                .collect();
+            assert_eq!(copied(&src), src, "len {len}");
         }
     }
 }

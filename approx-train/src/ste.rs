@@ -1,5 +1,8 @@
 //! Straight-through ops: a value computed one way, a gradient taken from another.
 
+use std::borrow::Cow;
+
+use approx_hw::buffer::copied;
 use approx_hw::simd::with_avx2;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -152,7 +155,10 @@ impl CustomOp2 for StraightThrough {
                 l2.shape()
             )));
         }
-        let data = f32_values(s2, l2, "straight-through")?.into_owned();
+        let data = match f32_values(s2, l2, "straight-through")? {
+            Cow::Borrowed(values) => copied(values),
+            Cow::Owned(values) => values,
+        };
         Ok((CpuStorage::F32(data), l2.shape().clone()))
     }
 
