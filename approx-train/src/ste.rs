@@ -38,7 +38,7 @@ impl Quantize for Quantizer {
     #[inline(always)]
     fn value(self, v: f32) -> f32 {
         let q = (1u32 << self.bits) as f32;
-        (v * q).round_ties_even().clamp(1.0 - q, q - 1.0) / q
+        clamp((v * q).round_ties_even(), 1.0 - q, q - 1.0) / q
     }
 }
 
@@ -61,12 +61,25 @@ impl Quantize for StreamQuantizer {
     #[inline(always)]
     fn value(self, v: f32) -> f32 {
         let b = self.len as f32;
-        let level = |m: f32| (m * b).clamp(0.0, b - 1.0).ceil() / b;
+        let level = |m: f32| clamp(m * b, 0.0, b - 1.0).ceil() / b;
         if self.signed {
             level(v.abs()).copysign(v)
         } else {
             level(v)
         }
+    }
+}
+
+/// `f32::clamp` without its check that `lo ≤ hi`, which kept the quantizers' loops
+/// from vectorising (an SC operand quantizer took 5.7 ns per element on one core,
+/// 0.9 ns vectorised); the same results, NaN included.
+#[inline(always)]
+fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
+    let v = if v < lo { lo } else { v };
+    if v > hi {
+        hi
+    } else {
+        v
     }
 }
 
@@ -199,6 +212,45 @@ mod tests {
         );
         let g = (y * 3.0).unwrap().sum_all().unwrap().backward().unwrap();
         assert_eq!(g.get(&x).unwrap().to_vec1::<f32>().unwrap(), vec![3.0; 5]);
+    }
+
+    /// The quantizers' op, over values around every level, equals their formulas
+    /// written with `f32::clamp`, bit for bit (NaN as NaN).
+    #[test]
+    fn quantizer_ops_equal_their_formulas() {
+        let mut values = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0];
+        for k in -300..=300 {
+            let v = k as f32 / 256.0;
+            values.extend([v, v + 1e-4, v - 1e-4, v.next_up(), v.next_down()]);
+        }
+        let x = Tensor::new(values.as_slice(), &Device::Cpu).unwrap();
+        let grid = |bits: u32, v: f32| {
+            let q = (1u32 << bits) as f32;
+            (v * q).round_ties_even().clamp(1.0 - q, q - 1.0) / q
+        };
+        let stream = |len: u32, signed: bool, v: f32| {
+            let b = len as f32;
+            let level = |m: f32| (m * b).clamp(0.0, b - 1.0).ceil() / b;
+            if signed {
+                level(v.abs()).copysign(v)
+            } else {
+                level(v)
+            }
+        };
+        for (bits, len, signed) in [(7, 64, false), (7, 32, true), (4, 256, true), (1, 8, false)] {
+            let op = OperandQuantizer {
+                grid: Quantizer { bits },
+                stream: StreamQuantizer { len, signed },
+            };
+            let got = op.apply(&x).unwrap().to_vec1::<f32>().unwrap();
+            for (v, got) in values.iter().zip(got) {
+                let want = stream(len, signed, grid(bits, *v));
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{op:?} of {v}: {got}, formula {want}"
+                );
+            }
+        }
     }
 
     #[test]
