@@ -15,7 +15,7 @@ use crate::calibration::{
 use crate::fixed_pattern::add_fixed_pattern;
 use crate::mode::ExecMode;
 use crate::polarity::split_polarities;
-use crate::split_conv::split_surrogate_conv2d;
+use crate::split_conv::{split_surrogate_conv2d, split_surrogate_conv2d_straight_through};
 use crate::ste::{straight_through, OperandQuantizer, Quantize, Quantizer, StreamQuantizer};
 use crate::surrogate::{Injection, Output, Surrogate};
 use crate::tiled::tiled_surrogate;
@@ -201,10 +201,7 @@ impl HwLayer {
             }
             ExecMode::Accurate => {
                 let hardware = self.hardware(&x.detach(), &w.detach(), state.step)?;
-                straight_through(
-                    &self.approx(&x, &w, None, None, Output::GradientOnly)?,
-                    &hardware,
-                )?
+                self.straight_through(&x, &w, &hardware)?
             }
         };
         self.with_bias(y)
@@ -311,6 +308,24 @@ impl HwLayer {
 
     fn noise_seed(&self, step: u64, unit: u64) -> u64 {
         mix(mix(self.seed ^ mix(step)) ^ unit)
+    }
+
+    /// `accurate` mode's output (no bias): the value of `hardware`, the gradient of the
+    /// surrogate; for SC convs in the split conv op itself.
+    fn straight_through(&self, x: &Tensor, w: &Tensor, hardware: &Tensor) -> Result<Tensor> {
+        match (&self.hw, self.op, self.model.partial_sums()) {
+            (HwSpec::Sc(_), Layer::Conv2d(params), PartialSums::SplitWeights) => {
+                let surrogate = Surrogate {
+                    model: self.model,
+                    injection: None,
+                };
+                split_surrogate_conv2d_straight_through(x, w, params, surrogate, hardware)
+            }
+            _ => straight_through(
+                &self.approx(x, w, None, None, Output::GradientOnly)?,
+                hardware,
+            ),
+        }
     }
 
     /// The surrogate forward (no bias): the error model on exact partial sums, with

@@ -21,8 +21,10 @@
 //! a checkpointed VGG-16 step, as two ops, they made up six of the thirteen
 //! output-sized tensors at the peak).
 
+use std::borrow::Cow;
 use std::sync::Mutex;
 
+use approx_hw::buffer::copied;
 use approx_hw::Conv2dParams;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -57,6 +59,33 @@ pub fn split_surrogate_conv2d(
             surrogate,
             output,
             fixed_pattern: fixed_pattern.cloned(),
+            hardware: None,
+            local: Mutex::new(None),
+        },
+    )
+}
+
+/// `accurate` mode's layer output in one op: the value of `hardware` (the bit-accurate
+/// output, read as a constant), the gradients of [`split_surrogate_conv2d`]'s
+/// surrogate; the same as [`crate::ste::straight_through`] over that op with
+/// [`Output::GradientOnly`], without the zeros it returns for a value nothing reads,
+/// and without the straight-through op, whose input gradient candle's backward
+/// accumulates into one more zeroed output-sized tensor.
+pub fn split_surrogate_conv2d_straight_through(
+    input: &Tensor,
+    weight: &Tensor,
+    params: Conv2dParams,
+    surrogate: Surrogate,
+    hardware: &Tensor,
+) -> Result<Tensor> {
+    input.apply_op2(
+        weight,
+        SplitSurrogateConv {
+            conv: FastConv2d::polarities(params),
+            surrogate,
+            output: Output::GradientOnly,
+            fixed_pattern: None,
+            hardware: Some(hardware.detach()),
             local: Mutex::new(None),
         },
     )
@@ -69,6 +98,8 @@ struct SplitSurrogateConv {
     output: Output,
     /// Added to each sample's value.
     fixed_pattern: Option<Tensor>,
+    /// With [`Output::GradientOnly`], the value to return instead of zeros.
+    hardware: Option<Tensor>,
     /// The local derivatives of the stacked sums, from the forward that computed
     /// them ([`Surrogate::split_image_keeping_local`]), until the backward turns them
     /// into the sums' gradient (a second backward recomputes the sums).
@@ -89,7 +120,22 @@ impl CustomOp2 for SplitSurrogateConv {
     ) -> Result<(CpuStorage, Shape)> {
         if self.output == Output::GradientOnly {
             let (_, shape) = split_shape(&self.conv.output_shape(l1.dims(), l2.shape())?)?;
-            return Ok((CpuStorage::F32(zeros(shape.elem_count())), shape));
+            let Some(hardware) = &self.hardware else {
+                return Ok((CpuStorage::F32(zeros(shape.elem_count())), shape));
+            };
+            if hardware.shape() != &shape {
+                return Err(candle_core::Error::Msg(format!(
+                    "straight-through: surrogate shape {:?} differs from hardware shape {:?}",
+                    shape.dims(),
+                    hardware.dims()
+                )));
+            }
+            let hardware = read_f32(hardware);
+            let value = match hardware.values("the straight-through conv's hardware value")? {
+                Cow::Borrowed(values) => copied(values),
+                Cow::Owned(values) => values,
+            };
+            return Ok((CpuStorage::F32(value), shape));
         }
         let op = "the split surrogate conv2d";
         let (half, shape) = split_shape(&self.conv.output_shape(l1.dims(), l2.shape())?)?;
@@ -225,6 +271,45 @@ mod tests {
                 assert_eq!(gradients(&fused), want, "{case}, second backward");
             }
         }
+    }
+
+    /// The straight-through form's value is the hardware tensor's, bit for bit, and
+    /// its gradients those of the op for the gradient alone; a hardware tensor of
+    /// another shape is an error naming both shapes.
+    #[test]
+    fn straight_through_takes_the_hardware_value_and_the_surrogate_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, (3, 4, 7, 6), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::rand(-0.5f32, 0.5, (5, 4, 3, 3), &dev).unwrap()).unwrap();
+        let params = Conv2dParams {
+            stride: (1, 1),
+            padding: (1, 0),
+        };
+        let surrogate = Surrogate {
+            model: ErrorModel::OrN { n: 2 },
+            injection: None,
+        };
+        let gradient_only =
+            split_surrogate_conv2d(&x, &w, params, surrogate, Output::GradientOnly, None).unwrap();
+        let hardware = Tensor::rand(-1f32, 1.0, gradient_only.shape(), &dev).unwrap();
+        let fused =
+            split_surrogate_conv2d_straight_through(&x, &w, params, surrogate, &hardware).unwrap();
+        let bits = |t: &Tensor| values(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fused), bits(&hardware));
+        let probe = Tensor::rand(-1f32, 1.0, hardware.shape(), &dev).unwrap();
+        let gradients = |y: &Tensor| {
+            let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            [&x, &w].map(|v| values(g.get(v).unwrap()))
+        };
+        assert_eq!(gradients(&fused), gradients(&gradient_only));
+        let wrong = Tensor::zeros((3, 5, 7, 5), candle_core::DType::F32, &dev).unwrap();
+        let e = split_surrogate_conv2d_straight_through(&x, &w, params, surrogate, &wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[3, 5, 7, 4]") && e.contains("[3, 5, 7, 5]"),
+            "{e}"
+        );
     }
 
     #[test]
