@@ -55,12 +55,8 @@ pub fn split_surrogate_conv2d(
     input.apply_op2(
         weight,
         SplitSurrogateConv {
-            conv: FastConv2d::polarities(params),
-            surrogate,
-            output,
             fixed_pattern: fixed_pattern.cloned(),
-            hardware: None,
-            local: Mutex::new(None),
+            ..SplitSurrogateConv::new(params, surrogate, output)
         },
     )
 }
@@ -81,12 +77,8 @@ pub fn split_surrogate_conv2d_straight_through(
     input.apply_op2(
         weight,
         SplitSurrogateConv {
-            conv: FastConv2d::polarities(params),
-            surrogate,
-            output: Output::GradientOnly,
-            fixed_pattern: None,
             hardware: Some(hardware.detach()),
-            local: Mutex::new(None),
+            ..SplitSurrogateConv::new(params, surrogate, Output::GradientOnly)
         },
     )
 }
@@ -104,6 +96,20 @@ struct SplitSurrogateConv {
     /// them ([`Surrogate::split_image_keeping_local`]), until the backward turns them
     /// into the sums' gradient (a second backward recomputes the sums).
     local: Mutex<Option<Vec<f32>>>,
+}
+
+impl SplitSurrogateConv {
+    /// The op without a fixed pattern or a hardware value.
+    fn new(params: Conv2dParams, surrogate: Surrogate, output: Output) -> Self {
+        Self {
+            conv: FastConv2d::polarities(params),
+            surrogate,
+            output,
+            fixed_pattern: None,
+            hardware: None,
+            local: Mutex::new(None),
+        }
+    }
 }
 
 impl CustomOp2 for SplitSurrogateConv {
@@ -199,6 +205,14 @@ mod tests {
     use approx_hw::ErrorModel;
     use candle_core::{Device, Var};
 
+    /// The OR-2 surrogate without injection.
+    fn or2() -> Surrogate {
+        Surrogate {
+            model: ErrorModel::OrN { n: 2 },
+            injection: None,
+        }
+    }
+
     fn values(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
@@ -281,14 +295,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, (3, 4, 7, 6), &dev).unwrap()).unwrap();
         let w = Var::from_tensor(&Tensor::rand(-0.5f32, 0.5, (5, 4, 3, 3), &dev).unwrap()).unwrap();
-        let params = Conv2dParams {
-            stride: (1, 1),
-            padding: (1, 0),
-        };
-        let surrogate = Surrogate {
-            model: ErrorModel::OrN { n: 2 },
-            injection: None,
-        };
+        let (params, surrogate) = (Conv2dParams::new(1, 1), or2());
         let gradient_only =
             split_surrogate_conv2d(&x, &w, params, surrogate, Output::GradientOnly, None).unwrap();
         let hardware = Tensor::rand(-1f32, 1.0, gradient_only.shape(), &dev).unwrap();
@@ -307,7 +314,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("[3, 5, 7, 4]") && e.contains("[3, 5, 7, 5]"),
+            e.contains("[3, 5, 7, 6]") && e.contains("[3, 5, 7, 5]"),
             "{e}"
         );
     }
@@ -317,14 +324,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::rand(0f32, 1.0, (2, 3, 6, 6), &dev).unwrap();
         let w = Tensor::rand(-0.5f32, 0.5, (4, 3, 3, 3), &dev).unwrap();
-        let params = Conv2dParams {
-            stride: (1, 1),
-            padding: (1, 1),
-        };
-        let surrogate = Surrogate {
-            model: ErrorModel::OrN { n: 2 },
-            injection: None,
-        };
+        let (params, surrogate) = (Conv2dParams::new(1, 1), or2());
         let pattern = Tensor::zeros((4, 5, 6), candle_core::DType::F32, &dev).unwrap();
         let e = split_surrogate_conv2d(&x, &w, params, surrogate, Output::Value, Some(&pattern))
             .unwrap_err()
