@@ -151,10 +151,13 @@ unsafe fn pixel_block<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>
     let o_count = k.out_channels;
     let w_pol = k.kernel_rows * k.run;
     let w_chan = 2 * w_pol;
-    // Receptive fields once per task: the divisions in `field_start` are not free.
+    // Receptive fields and output indices once per task: the divisions in
+    // `field_start` and `ChunkOut::index` are not free.
     let mut fields = [k.act.as_ptr(); PIXELS_PER_TASK];
-    for (m, f) in fields.iter_mut().enumerate().take(pixels) {
-        *f = k.act.as_ptr().add(k.field_start(g0 + m));
+    let mut outputs = [0; PIXELS_PER_TASK];
+    for m in 0..pixels {
+        fields[m] = k.act.as_ptr().add(k.field_start(g0 + m));
+        outputs[m] = out.index(g0 + m, 0);
     }
     for o0 in (0..o_count).step_by(NR) {
         let wbase = k.weights.as_ptr().add(o0 * w_chan);
@@ -175,7 +178,7 @@ unsafe fn pixel_block<V: Lanes, C: Counter<V>, const MR: usize, const NR: usize>
                 wrow = wrow.map(|w| w.add(k.run));
             }
             for (m, acc_m) in acc.iter().enumerate().take(pixels - m0) {
-                let at = out.index(g0 + m0 + m, o0);
+                let at = outputs[m0 + m] + o0 * out.per_image;
                 for (r, acc_r) in acc_m.iter().enumerate().take(o_count - o0) {
                     out.write(
                         at + r * out.per_image,
