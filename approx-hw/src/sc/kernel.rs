@@ -236,8 +236,9 @@ struct ChunkOut {
 
 #[derive(Clone, Copy)]
 enum Sink {
-    /// [`Output::Value`], B as f32.
-    Value { out: *mut f32, len: f32 },
+    /// [`Output::Value`], with 1/B: B is a power of two, so multiplying by it gives
+    /// the bits of dividing by B, without a division per output.
+    Value { out: *mut f32, inv_len: f32 },
     /// [`Output::Counts`]: P and N at the same index of their planes.
     Counts { pos: *mut u32, neg: *mut u32 },
 }
@@ -261,7 +262,7 @@ impl ChunkOut {
     #[inline(always)]
     unsafe fn write(&self, i: usize, [p, n]: [u32; 2]) {
         match self.sink {
-            Sink::Value { out, len } => *out.add(i) = (p as f32 - n as f32) / len,
+            Sink::Value { out, inv_len } => *out.add(i) = (p as f32 - n as f32) * inv_len,
             Sink::Counts { pos, neg } => {
                 *pos.add(i) = p;
                 *neg.add(i) = n;
@@ -481,7 +482,7 @@ fn conv_in_chunks(
             values.reserve_exact(len);
             Sink::Value {
                 out: values.spare_capacity_mut().as_mut_ptr().cast(),
-                len: layout.len as f32,
+                inv_len: 1.0 / layout.len as f32,
             }
         }
         Output::Counts => {
@@ -526,9 +527,9 @@ fn conv_in_chunks(
         // SAFETY: `offset` is inside the output, which the capacity reserved above holds.
         let sink = unsafe {
             match base {
-                Sink::Value { out, len } => Sink::Value {
+                Sink::Value { out, inv_len } => Sink::Value {
                     out: out.add(offset),
-                    len,
+                    inv_len,
                 },
                 Sink::Counts { pos, neg } => Sink::Counts {
                     pos: pos.add(offset),
