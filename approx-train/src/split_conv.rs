@@ -21,10 +21,8 @@
 //! a checkpointed VGG-16 step, as two ops, they made up six of the thirteen
 //! output-sized tensors at the peak).
 
-use std::borrow::Cow;
 use std::sync::Mutex;
 
-use approx_hw::buffer::copied;
 use approx_hw::Conv2dParams;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -32,6 +30,7 @@ use rayon::prelude::*;
 use crate::alloc::zeros;
 use crate::conv::FastConv2d;
 use crate::fixed_pattern::{add_to_sample, check_fits};
+use crate::ste::hardware_value;
 use crate::storage::{f32_values, read_f32};
 use crate::surrogate::{split_shape, Output, Surrogate};
 
@@ -129,18 +128,9 @@ impl CustomOp2 for SplitSurrogateConv {
             let Some(hardware) = &self.hardware else {
                 return Ok((CpuStorage::F32(zeros(shape.elem_count())), shape));
             };
-            if hardware.shape() != &shape {
-                return Err(candle_core::Error::Msg(format!(
-                    "straight-through: surrogate shape {:?} differs from hardware shape {:?}",
-                    shape.dims(),
-                    hardware.dims()
-                )));
-            }
-            let hardware = read_f32(hardware);
-            let value = match hardware.values("the straight-through conv's hardware value")? {
-                Cow::Borrowed(values) => copied(values),
-                Cow::Owned(values) => values,
-            };
+            let values = read_f32(hardware);
+            let values = values.values("the straight-through conv's hardware value")?;
+            let value = hardware_value(&shape, hardware.shape(), values)?;
             return Ok((CpuStorage::F32(value), shape));
         }
         let op = "the split surrogate conv2d";

@@ -146,6 +146,25 @@ pub fn straight_through(surrogate: &Tensor, hardware: &Tensor) -> Result<Tensor>
     surrogate.apply_op2(&hardware.detach(), StraightThrough)
 }
 
+/// `accurate` mode's output value: the bit-accurate `values` (of `hardware`'s shape),
+/// owned, copied by the pool where borrowed, once they are checked to have the
+/// `surrogate`'s shape.
+pub(crate) fn hardware_value(
+    surrogate: &Shape,
+    hardware: &Shape,
+    values: Cow<'_, [f32]>,
+) -> Result<Vec<f32>> {
+    if surrogate != hardware {
+        return Err(candle_core::Error::Msg(format!(
+            "straight-through: surrogate shape {surrogate:?} differs from hardware shape {hardware:?}"
+        )));
+    }
+    Ok(match values {
+        Cow::Borrowed(values) => copied(values),
+        Cow::Owned(values) => values,
+    })
+}
+
 #[derive(Debug, Clone, Copy)]
 struct StraightThrough;
 
@@ -161,17 +180,8 @@ impl CustomOp2 for StraightThrough {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            return Err(candle_core::Error::Msg(format!(
-                "straight-through: surrogate shape {:?} differs from hardware shape {:?}",
-                l1.shape(),
-                l2.shape()
-            )));
-        }
-        let data = match f32_values(s2, l2, "straight-through")? {
-            Cow::Borrowed(values) => copied(values),
-            Cow::Owned(values) => values,
-        };
+        let values = f32_values(s2, l2, "straight-through")?;
+        let data = hardware_value(l1.shape(), l2.shape(), values)?;
         Ok((CpuStorage::F32(data), l2.shape().clone()))
     }
 
