@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use crate::alloc::zeros;
 use crate::conv::FastConv2d;
 use crate::fixed_pattern::{add_to_sample, check_fits};
-use crate::ste::hardware_value;
+use crate::ste::{hardware_value, take_hardware};
 use crate::storage::{f32_values, read_f32};
 use crate::surrogate::{split_shape, Output, Surrogate};
 
@@ -76,7 +76,7 @@ pub fn split_surrogate_conv2d_straight_through(
     input.apply_op2(
         weight,
         SplitSurrogateConv {
-            hardware: Some(hardware.detach()),
+            hardware: Some(Mutex::new(Some(hardware.detach()))),
             ..SplitSurrogateConv::new(params, surrogate, Output::GradientOnly)
         },
     )
@@ -89,8 +89,10 @@ struct SplitSurrogateConv {
     output: Output,
     /// Added to each sample's value.
     fixed_pattern: Option<Tensor>,
-    /// With [`Output::GradientOnly`], the value to return instead of zeros.
-    hardware: Option<Tensor>,
+    /// With [`Output::GradientOnly`], the value to return instead of zeros; taken by
+    /// the forward, so that the graph does not hold the kernel's output (one more
+    /// output-sized tensor per layer) until the backward.
+    hardware: Option<Mutex<Option<Tensor>>>,
     /// The local derivatives of the stacked sums, from the forward that computed
     /// them ([`Surrogate::split_image_keeping_local`]), until the backward turns them
     /// into the sums' gradient (a second backward recomputes the sums).
@@ -125,10 +127,11 @@ impl CustomOp2 for SplitSurrogateConv {
     ) -> Result<(CpuStorage, Shape)> {
         if self.output == Output::GradientOnly {
             let (_, shape) = split_shape(&self.conv.output_shape(l1.dims(), l2.shape())?)?;
-            let Some(hardware) = &self.hardware else {
+            let Some(slot) = &self.hardware else {
                 return Ok((CpuStorage::F32(zeros(shape.elem_count())), shape));
             };
-            let values = read_f32(hardware);
+            let hardware = take_hardware(slot)?;
+            let values = read_f32(&hardware);
             let values = values.values("the straight-through conv's hardware value")?;
             let value = hardware_value(&shape, hardware.shape(), values)?;
             return Ok((CpuStorage::F32(value), shape));

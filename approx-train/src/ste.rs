@@ -1,13 +1,14 @@
 //! Straight-through ops: a value computed one way, a gradient taken from another.
 
 use std::borrow::Cow;
+use std::sync::Mutex;
 
 use approx_hw::buffer::copied;
 use approx_hw::simd::with_avx2;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::storage::f32_values;
+use crate::storage::{f32_values, read_f32};
 
 /// An elementwise quantizer, applied as a straight-through op: its values forward,
 /// the identity gradient backward.
@@ -141,9 +142,12 @@ impl<Q: Quantize> CustomOp1 for StraightThroughMap<Q> {
 }
 
 /// `accurate` mode's output: the forward value of `hardware` (bit-accurate, exactly),
-/// the gradient of `surrogate`.
+/// the gradient of `surrogate`. The graph holds `hardware` only until the forward has
+/// copied it.
 pub fn straight_through(surrogate: &Tensor, hardware: &Tensor) -> Result<Tensor> {
-    surrogate.apply_op2(&hardware.detach(), StraightThrough)
+    surrogate.apply_op1(StraightThrough {
+        hardware: Mutex::new(Some(hardware.detach())),
+    })
 }
 
 /// `accurate` mode's output value: the bit-accurate `values` (of `hardware`'s shape),
@@ -165,34 +169,42 @@ pub(crate) fn hardware_value(
     })
 }
 
-#[derive(Debug, Clone, Copy)]
-struct StraightThrough;
+/// The hardware value of a straight-through op, which its one forward takes.
+pub(crate) fn take_hardware(slot: &Mutex<Option<Tensor>>) -> Result<Tensor> {
+    slot.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .ok_or_else(|| {
+            candle_core::Error::Msg(
+                "a straight-through op ran its forward twice (its hardware value is gone)".into(),
+            )
+        })
+}
 
-impl CustomOp2 for StraightThrough {
+/// The op behind [`straight_through`], on the surrogate.
+struct StraightThrough {
+    /// The value, taken by the forward.
+    hardware: Mutex<Option<Tensor>>,
+}
+
+impl CustomOp1 for StraightThrough {
     fn name(&self) -> &'static str {
         "straight-through"
     }
 
-    fn cpu_fwd(
-        &self,
-        _s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let values = f32_values(s2, l2, "straight-through")?;
-        let data = hardware_value(l1.shape(), l2.shape(), values)?;
-        Ok((CpuStorage::F32(data), l2.shape().clone()))
+    fn cpu_fwd(&self, _s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let hardware = take_hardware(&self.hardware)?;
+        let values = read_f32(&hardware);
+        let data = hardware_value(
+            l.shape(),
+            hardware.shape(),
+            values.values("straight-through")?,
+        )?;
+        Ok((CpuStorage::F32(data), l.shape().clone()))
     }
 
-    fn bwd(
-        &self,
-        _a: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.clone()), None))
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.clone()))
     }
 }
 
