@@ -13,7 +13,7 @@ use approx_hw::{Conv2dParams, Layer};
 use approx_train::layer::HwLayer;
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
-use approx_train::recompute::{Pass, Recompute};
+use approx_train::recompute::{Block, Pass, Recompute};
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
@@ -618,28 +618,31 @@ impl Model for Sequential {
         if !train || self.segments.is_empty() {
             return run(&self.steps, x, ctx);
         }
-        let mut h = x.clone();
         let tail = self.segments.last().map_or(0, |r| r.end);
-        for range in &self.segments {
-            let params = self.steps[range.clone()]
-                .iter()
-                .flat_map(Step::params)
-                .collect();
-            let (steps, range) = (self.steps.clone(), range.clone());
-            h = self.recompute.block(
-                &h,
-                params,
-                Arc::new(move |t: &Tensor, pass: Pass| {
-                    let values_only = pass == Pass::Forward;
-                    let ctx = Ctx {
-                        pass,
-                        values_only,
-                        ..ctx
-                    };
-                    run_block(&steps[range.clone()], t, ctx)
-                }),
-            )?;
-        }
+        let blocks = self
+            .segments
+            .iter()
+            .map(|range| {
+                let params = self.steps[range.clone()]
+                    .iter()
+                    .flat_map(Step::params)
+                    .collect();
+                let (steps, range) = (self.steps.clone(), range.clone());
+                Block {
+                    params,
+                    forward: Arc::new(move |t: &Tensor, pass: Pass| {
+                        let values_only = pass == Pass::Forward;
+                        let ctx = Ctx {
+                            pass,
+                            values_only,
+                            ..ctx
+                        };
+                        run_block(&steps[range.clone()], t, ctx)
+                    }),
+                }
+            })
+            .collect();
+        let h = self.recompute.chain(x, blocks)?;
         run(&self.steps[tail..], &h, ctx)
     }
 

@@ -5,13 +5,23 @@
 //! or, with a sink set ([`Recompute::set_sink`]), are sent to the optimizer as soon as
 //! the block's backward ends, so that the whole model's gradients are never in memory
 //! at once.
+//!
+//! Between the blocks of a chain ([`Recompute::chain`]) the activations do not pass
+//! through candle's graph. Each block's output is kept as a variable of its own (a
+//! [`Link`]) that the next block reads in its forward and recomputes from in its
+//! backward, and the gradient with respect to it goes back through the same link; the
+//! graph only carries one-element tokens that order the blocks' backwards. Through
+//! the graph, the recomputation would need a tracked copy of the block's input, and
+//! candle would accumulate the input's gradient into a zeroed tensor of its size: two
+//! more boundary-sized tensors at the step's peak. A link's value is also dropped as
+//! soon as the block reading it has run its backward, not at the end of the step.
 
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 
 use crate::storage::{f32_values, read_f32};
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, Var};
 
 /// Which run of a block's forward this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +34,45 @@ pub enum Pass {
 
 /// A block's forward: input to output, building its graph on the given input.
 pub type BlockFn = Arc<dyn Fn(&Tensor, Pass) -> Result<Tensor> + Send + Sync>;
+
+/// One checkpointed block of a [`Recompute::chain`].
+pub struct Block {
+    /// The block's trained parameters, whose gradients go through the side channel.
+    pub params: Vec<Var>,
+    /// The block's forward.
+    pub forward: BlockFn,
+}
+
+/// The activation between two blocks of a chain, outside candle's graph: the first
+/// block's output value (as a variable, so that the second's recomputation tracks it
+/// without a copy) and, once the second block's backward has run, the gradient with
+/// respect to it.
+#[derive(Clone, Default)]
+struct Link(Arc<Mutex<LinkState>>);
+
+#[derive(Default)]
+struct LinkState {
+    value: Option<Var>,
+    grad: Option<Tensor>,
+}
+
+impl Link {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The value, which the block before has set in its forward.
+    fn value(&self) -> Result<Var> {
+        self.lock().value.clone().ok_or_else(|| {
+            candle_core::Error::Msg("a checkpointed block ran before the block it reads".into())
+        })
+    }
+}
+
+/// The one-element tensor that stands for a linked activation in candle's graph.
+fn token() -> (CpuStorage, Shape) {
+    (CpuStorage::F32(vec![0.0]), Shape::from(1))
+}
 
 /// Where a recomputed block's parameter gradients go: the sink while one is set,
 /// else the side store that [`Recompute::merge_into`] empties.
@@ -46,24 +95,33 @@ impl std::fmt::Debug for Recompute {
 }
 
 impl Recompute {
-    /// Runs `block` on `x` keeping only `x` and the output for backward; `params` are
-    /// the block's parameters, whose gradients go through the side channel.
-    pub fn block(&self, x: &Tensor, params: Vec<Var>, block: BlockFn) -> Result<Tensor> {
+    /// Runs `blocks` one after another on `x`, keeping only each block's input for
+    /// backward (see the module docs); returns the last block's output.
+    pub fn chain(&self, x: &Tensor, blocks: Vec<Block>) -> Result<Tensor> {
         // The op is recorded only on a tracked input; data is wrapped in a Var, but
         // its gradient is never computed (a first conv's input gradient is as costly
         // as its weight gradient).
         let data = !x.track_op();
-        let x = if data {
+        let mut h = if data {
             Var::from_tensor(x)?.as_tensor().clone()
         } else {
             x.clone()
         };
-        x.apply_op1(Checkpoint {
-            block,
-            params,
-            data,
-            outlet: self.outlet.clone(),
-        })
+        let mut input: Option<Link> = None;
+        let count = blocks.len();
+        for (i, block) in blocks.into_iter().enumerate() {
+            let output = (i + 1 < count).then(Link::default);
+            h = h.apply_op1(Checkpoint {
+                block: block.forward,
+                params: block.params,
+                data: data && i == 0,
+                input: input.take(),
+                output: output.clone(),
+                outlet: self.outlet.clone(),
+            })?;
+            input = output;
+        }
+        Ok(h)
     }
 
     /// Sends each recomputed block's parameter gradients to `sink` from now on (a
@@ -100,6 +158,12 @@ struct Checkpoint {
     params: Vec<Var>,
     /// The block's input is data: no gradient flows back into it.
     data: bool,
+    /// Where the block's input is, when it is the previous block's output (the op's
+    /// argument is then a token).
+    input: Option<Link>,
+    /// Where the block's output goes, when another block follows (the op then returns
+    /// a token).
+    output: Option<Link>,
     outlet: Arc<Mutex<Outlet>>,
 }
 
@@ -109,26 +173,44 @@ impl CustomOp1 for Checkpoint {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        // A graph-free copy: the block's intermediate tensors die with this call.
-        let data = f32_values(storage, layout, "a checkpointed block")?.into_owned();
-        let x = Tensor::from_vec(data, layout.shape(), &Device::Cpu)?;
+        // A graph-free input: the block's intermediate tensors die with this call.
+        let x = match &self.input {
+            Some(link) => link.value()?.as_tensor().detach(),
+            None => {
+                let data = f32_values(storage, layout, "a checkpointed block")?.into_owned();
+                Tensor::from_vec(data, layout.shape(), &Device::Cpu)?
+            }
+        };
         let y = (self.block)(&x, Pass::Forward)?.detach();
+        drop(x);
         let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+        let values = y.flatten_all()?.to_vec1::<f32>()?;
+        drop(y);
+        match &self.output {
+            Some(link) => {
+                link.lock().value = Some(Var::from_vec(values, shape, &Device::Cpu)?);
+                Ok(token())
+            }
+            None => Ok((CpuStorage::F32(values), shape)),
+        }
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let x = if self.data {
-            arg.detach()
-        } else {
-            Var::from_tensor(&arg.detach())?.as_tensor().clone()
+        let grad = match &self.output {
+            Some(link) => link.lock().grad.take().ok_or_else(|| {
+                candle_core::Error::Msg(
+                    "a checkpointed block's backward ran before the next block's".into(),
+                )
+            })?,
+            None => grad.detach(),
+        };
+        let x = match &self.input {
+            Some(link) => link.value()?.as_tensor().clone(),
+            None if self.data => arg.detach(),
+            None => Var::from_tensor(&arg.detach())?.as_tensor().clone(),
         };
         let y = (self.block)(&x, Pass::Recompute)?;
-        let grads = y
-            .apply_op1(InnerProduct {
-                with: grad.detach(),
-            })?
-            .backward()?;
+        let grads = y.apply_op1(InnerProduct { with: grad })?.backward()?;
         let mut keep = GradStore::default();
         for p in &self.params {
             if let Some(g) = grads.get(p) {
@@ -137,7 +219,7 @@ impl CustomOp1 for Checkpoint {
         }
         let dx = grads.get(&x).map(Tensor::detach);
         // The nested graph goes before a sink's receiver updates the parameters.
-        drop((grads, y));
+        drop((grads, y, x));
         let sink = lock(&self.outlet).sink.clone();
         match sink {
             Some(sink) => sink.send(keep).map_err(|_| {
@@ -147,7 +229,20 @@ impl CustomOp1 for Checkpoint {
             })?,
             None => lock(&self.outlet).side.push(keep),
         }
-        Ok(dx)
+        let Some(link) = &self.input else {
+            return Ok(dx);
+        };
+        // The input is the previous block's output: its value is no longer needed, its
+        // gradient goes to that block's backward, and the token gets a zero.
+        let mut state = link.lock();
+        state.value = None;
+        state.grad = dx;
+        if state.grad.is_none() {
+            return Err(candle_core::Error::Msg(
+                "a checkpointed block's input received no gradient".into(),
+            ));
+        }
+        Ok(Some(Tensor::zeros(1, DType::F32, &Device::Cpu)?))
     }
 }
 
@@ -195,59 +290,68 @@ impl CustomOp1 for InnerProduct {
 mod tests {
     use super::*;
 
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// A chain of three blocks (two links) gives the plain graph's parameter
+    /// gradients, bit for bit, on data and on a tracked input (whose gradient also
+    /// matches); the middle block starts with a parameter-free op.
     #[test]
     fn checkpointed_gradients_equal_plain_ones() {
         let dev = Device::Cpu;
-        let w1 = Var::from_vec(
-            (0..12).map(|i| i as f32 * 0.1 - 0.5).collect(),
-            (3, 4),
-            &dev,
-        )
-        .unwrap();
-        let w2 = Var::from_vec(
-            (0..8).map(|i| 0.3 - i as f32 * 0.07).collect(),
-            (4, 2),
-            &dev,
-        )
-        .unwrap();
-        let x = Tensor::from_vec(
+        let weight = |rows: usize, cols: usize, k: f32| {
+            Var::from_vec(
+                (0..rows * cols)
+                    .map(|i| (i as f32 * k).cos() * 0.6)
+                    .collect(),
+                (rows, cols),
+                &dev,
+            )
+            .unwrap()
+        };
+        let ws = [weight(3, 4, 0.3), weight(4, 4, 0.7), weight(4, 2, 1.1)];
+        let data = Tensor::from_vec(
             (0..15).map(|i| (i as f32 * 0.37).sin()).collect(),
             (5, 3),
             &dev,
         )
         .unwrap();
-        let block = |w: Var| -> BlockFn { Arc::new(move |t: &Tensor, _| t.matmul(&w)?.tanh()) };
-        let plain = block(w2.clone())(
-            &block(w1.clone())(&x, Pass::Forward).unwrap(),
-            Pass::Forward,
-        )
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap();
-        let g_plain = plain.backward().unwrap();
-        let rc = Recompute::default();
-        let h = rc.block(&x, vec![w1.clone()], block(w1.clone())).unwrap();
-        let y = rc.block(&h, vec![w2.clone()], block(w2.clone())).unwrap();
-        let mut g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        rc.merge_into(&mut g).unwrap();
-        for w in [&w1, &w2] {
-            assert_eq!(
-                g.get(w)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap(),
-                g_plain
-                    .get(w)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-            );
+        let block = |i: usize| -> BlockFn {
+            let w = ws[i].clone();
+            Arc::new(move |t: &Tensor, _| {
+                let t = if i == 1 { t.tanh()? } else { t.clone() };
+                t.matmul(&w)?.tanh()
+            })
+        };
+        for tracked in [false, true] {
+            let x = if tracked {
+                Var::from_tensor(&data).unwrap().as_tensor().clone()
+            } else {
+                data.clone()
+            };
+            let mut h = x.clone();
+            for i in 0..3 {
+                h = block(i)(&h, Pass::Forward).unwrap();
+            }
+            let g_plain = h.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let rc = Recompute::default();
+            let blocks = (0..3)
+                .map(|i| Block {
+                    params: vec![ws[i].clone()],
+                    forward: block(i),
+                })
+                .collect();
+            let y = rc.chain(&x, blocks).unwrap();
+            let mut g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            rc.merge_into(&mut g).unwrap();
+            for w in &ws {
+                assert_eq!(flat(g.get(w).unwrap()), flat(g_plain.get(w).unwrap()));
+            }
+            match tracked {
+                true => assert_eq!(flat(g.get(&x).unwrap()), flat(g_plain.get(&x).unwrap())),
+                false => assert!(g.get(&x).is_none()),
+            }
         }
     }
 }
