@@ -3,6 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 
+use crate::pointwise::Epilogue;
 use crate::store::{Init, ParamStore};
 use approx_train::alloc::zeros;
 use approx_train::storage::{f32_values, read_f32};
@@ -66,6 +67,21 @@ impl BatchNorm {
     /// [`BatchNorm::forward`], updating the running statistics only when `update`
     /// (a checkpointed block's recomputation must not count its batch twice).
     pub fn forward_with(&self, x: &Tensor, train: bool, update: bool) -> Result<Tensor> {
+        self.forward_then(x, train, update, None)
+    }
+
+    /// [`BatchNorm::forward_with`] followed by `epilogue` (a clamp, or a clamp-pool-clamp
+    /// chain) in the same op, with the same values and gradients as the two ops: the
+    /// backward recomputes the normalised activations plane by plane from the input,
+    /// which the graph holds anyway, instead of keeping them (one input-sized tensor
+    /// less per batch norm in a step's graph, and one gradient less in its backward).
+    pub fn forward_then(
+        &self,
+        x: &Tensor,
+        train: bool,
+        update: bool,
+        epilogue: Option<Epilogue>,
+    ) -> Result<Tensor> {
         let (n, c) = (x.dim(0)?, x.dim(1)?);
         let inner = x.elem_count() / (n * c).max(1);
         let (mean, var) = if train {
@@ -113,6 +129,7 @@ impl BatchNorm {
                 inv_std,
                 batch_stats: train,
                 quantized,
+                epilogue,
             },
         )
     }
@@ -161,11 +178,12 @@ fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + rest
 }
 
-/// Per-channel `Σ g` and `Σ g·x̂` over `[n, c, inner]` gradients `g` and inputs `x`
-/// (`x̂ = (x − mean)·inv_std`), channels in parallel.
+/// Per-channel `Σ g` and `Σ g·x̂` over `[n, c, inner]` inputs `x` and the gradients
+/// `g` with respect to the batch norm's output (`x̂ = (x − mean)·inv_std`), channels
+/// in parallel; `grad.plane` gives each plane's `g`.
 fn grad_sums(
     x: &[f32],
-    g: &[f32],
+    grad: &OutputGrad<'_>,
     (n, c, inner): (usize, usize, usize),
     mean: &[f32],
     inv_std: &[f32],
@@ -174,10 +192,12 @@ fn grad_sums(
         .into_par_iter()
         .map(|ch| {
             let (m, i) = (mean[ch], inv_std[ch]);
+            let mut scratch = Scratch::default();
             (0..n)
                 .map(|img| {
-                    let at = (img * c + ch) * inner;
-                    let (xp, gp) = (&x[at..][..inner], &g[at..][..inner]);
+                    let plane = img * c + ch;
+                    let xp = &x[plane * inner..][..inner];
+                    let gp = grad.plane(plane, xp, &mut scratch);
                     (
                         lane_sum(gp, |d| d),
                         lane_sum2(xp, gp, |v, d| d * ((v - m) * i)),
@@ -188,14 +208,82 @@ fn grad_sums(
         .unzip()
 }
 
+/// A plane's `(height, width)`: an NCHW map's, or one row of the values per channel
+/// and sample of other shapes (`[N, C]`: one value).
+fn plane_size(dims: &[usize]) -> (usize, usize) {
+    match dims {
+        &[_, _, h, w] => (h, w),
+        _ => (1, dims[2..].iter().product()),
+    }
+}
+
+/// Per-plane buffers of a fused batch norm's backward.
+#[derive(Default)]
+struct Scratch {
+    /// The batch norm's output plane, recomputed.
+    normalised: Vec<f32>,
+    /// The gradient with respect to it.
+    grad: Vec<f32>,
+    /// The epilogue's pooled plane.
+    pooled: Vec<f32>,
+}
+
+/// The gradient with respect to a batch norm's own output, plane by plane: the op's
+/// output gradient itself, or, through an epilogue, made from it and the recomputed
+/// normalised plane.
+struct OutputGrad<'a> {
+    /// The op's output gradient.
+    grad: &'a [f32],
+    /// With an epilogue: it, the forward's per-channel affine map `(k, b)`, the input
+    /// plane size `(h, w)` and the output plane's length.
+    epilogue: Option<(Epilogue, Vec<(f32, f32)>, (usize, usize), usize)>,
+    channels: usize,
+}
+
+impl OutputGrad<'_> {
+    /// Plane `plane`'s gradient, whose input is `x`.
+    fn plane<'s>(&'s self, plane: usize, x: &[f32], scratch: &'s mut Scratch) -> &'s [f32] {
+        let Some((epilogue, affine, (h, w), out)) = &self.epilogue else {
+            return &self.grad[plane * x.len()..][..x.len()];
+        };
+        let (k, b) = affine[plane % self.channels];
+        scratch.normalised.clear();
+        scratch.normalised.extend(x.iter().map(|&v| v * k + b));
+        scratch.grad.resize(x.len(), 0.0);
+        epilogue.grad_plane(
+            &scratch.normalised,
+            &self.grad[plane * out..][..*out],
+            &mut scratch.grad,
+            (*h, *w),
+            &mut scratch.pooled,
+        );
+        &scratch.grad
+    }
+}
+
 /// `y = γ·(x − μ)·inv_std + β` per channel over (x, γ, β); or, quantized, the value
 /// `x·k_q + b_q` with the float op's gradient. With batch statistics the gradient
-/// flows through μ and the variance, as PyTorch's.
+/// flows through μ and the variance, as PyTorch's. An epilogue applies to `y` in the
+/// same op.
 struct BatchNormOp {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
     batch_stats: bool,
     quantized: Option<(Vec<f32>, Vec<f32>)>,
+    epilogue: Option<Epilogue>,
+}
+
+impl BatchNormOp {
+    /// Channel `ch`'s affine map `y = x·k + b` as the forward computes it.
+    fn affine(&self, ch: usize, gamma: &[f32], beta: &[f32]) -> (f32, f32) {
+        match &self.quantized {
+            Some((kq, bq)) => (kq[ch], bq[ch]),
+            None => {
+                let k = gamma[ch] * self.inv_std[ch];
+                (k, beta[ch] - self.mean[ch] * k)
+            }
+        }
+    }
 }
 
 impl CustomOp3 for BatchNormOp {
@@ -219,31 +307,41 @@ impl CustomOp3 for BatchNormOp {
         );
         let dims = l1.dims();
         let (c, inner) = (dims[1], dims[2..].iter().product::<usize>());
-        let mut y = zeros(x.len());
-        y.par_chunks_mut(inner)
-            .zip(x.par_chunks(inner))
-            .enumerate()
-            .for_each(|(plane, (dst, src))| {
-                let ch = plane % c;
-                let (k, b) = match &self.quantized {
-                    Some((kq, bq)) => (kq[ch], bq[ch]),
-                    None => {
-                        let k = gamma[ch] * self.inv_std[ch];
-                        (k, beta[ch] - self.mean[ch] * k)
+        let Some(epilogue) = self.epilogue else {
+            let mut y = zeros(x.len());
+            y.par_chunks_mut(inner)
+                .zip(x.par_chunks(inner))
+                .enumerate()
+                .for_each(|(plane, (dst, src))| {
+                    let (k, b) = self.affine(plane % c, &gamma, &beta);
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = v * k + b;
                     }
-                };
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = v * k + b;
-                }
-            });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+                });
+            return Ok((CpuStorage::F32(y), l1.shape().clone()));
+        };
+        let out_dims = epilogue.output_dims(dims)?;
+        let out_plane = out_dims[2..].iter().product::<usize>();
+        let mut y = zeros(dims[0] * c * out_plane);
+        if out_plane > 0 {
+            y.par_chunks_mut(out_plane)
+                .zip(x.par_chunks(inner))
+                .enumerate()
+                .for_each_init(Vec::new, |normalised, (plane, (dst, src))| {
+                    let (k, b) = self.affine(plane % c, &gamma, &beta);
+                    normalised.clear();
+                    normalised.extend(src.iter().map(|&v| v * k + b));
+                    epilogue.plane(normalised, dst, plane_size(dims).1);
+                });
+        }
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
+        beta: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -254,24 +352,41 @@ impl CustomOp3 for BatchNormOp {
         let op = "batch norm backward";
         let (xv, g) = (read_f32(x), read_f32(grad));
         let (xv, g) = (xv.values(op)?, g.values(op)?);
-        let (sum_g, sum_gx) = grad_sums(&xv, &g, (n, c, inner), &self.mean, &self.inv_std);
+        let epilogue = match self.epilogue {
+            None => None,
+            Some(epilogue) => {
+                let out = epilogue.output_dims(&dims)?[2..].iter().product::<usize>();
+                let bt = beta.to_vec1::<f32>()?;
+                let affine = (0..c).map(|ch| self.affine(ch, &gm, &bt)).collect();
+                Some((epilogue, affine, plane_size(&dims), out))
+            }
+        };
+        let out_grad = OutputGrad {
+            grad: &g,
+            epilogue,
+            channels: c,
+        };
+        let (sum_g, sum_gx) = grad_sums(&xv, &out_grad, (n, c, inner), &self.mean, &self.inv_std);
         let mut dx = zeros(xv.len());
-        dx.par_chunks_mut(inner)
-            .zip(xv.par_chunks(inner).zip(g.par_chunks(inner)))
-            .enumerate()
-            .for_each(|(plane, (dst, (xp, gp)))| {
-                let ch = plane % c;
-                let (m, i) = (self.mean[ch], self.inv_std[ch]);
-                let scale = gm[ch] * i;
-                let (mg, mgx) = ((sum_g[ch] / count) as f32, (sum_gx[ch] / count) as f32);
-                for ((d, &v), &gg) in dst.iter_mut().zip(xp).zip(gp) {
-                    *d = if self.batch_stats {
-                        scale * (gg - mg - (v - m) * i * mgx)
-                    } else {
-                        scale * gg
-                    };
-                }
-            });
+        if inner > 0 {
+            dx.par_chunks_mut(inner)
+                .zip(xv.par_chunks(inner))
+                .enumerate()
+                .for_each_init(Scratch::default, |scratch, (plane, (dst, xp))| {
+                    let ch = plane % c;
+                    let gp = out_grad.plane(plane, xp, scratch);
+                    let (m, i) = (self.mean[ch], self.inv_std[ch]);
+                    let scale = gm[ch] * i;
+                    let (mg, mgx) = ((sum_g[ch] / count) as f32, (sum_gx[ch] / count) as f32);
+                    for ((d, &v), &gg) in dst.iter_mut().zip(xp).zip(gp) {
+                        *d = if self.batch_stats {
+                            scale * (gg - mg - (v - m) * i * mgx)
+                        } else {
+                            scale * gg
+                        };
+                    }
+                });
+        }
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, dims, dev)?),
@@ -434,5 +549,63 @@ mod tests {
         // Running statistics moved by momentum 0.1 towards the batch's.
         let rm = bn.running_mean.to_vec1::<f32>().unwrap();
         assert!(rm.iter().any(|&m| m != 0.0));
+    }
+
+    /// A batch norm with an epilogue in its op gives the two ops' values and
+    /// gradients bit for bit: clamps and pooling chains (with rows and columns past
+    /// the last window), batch and running statistics, float and quantized.
+    #[test]
+    fn an_epilogue_in_the_op_equals_the_two_ops() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::rand(-2f32, 3f32, (3, 4, 9, 7), &dev).unwrap()).unwrap();
+        let relu = Some((0.0, f32::INFINITY));
+        let cases: [(Epilogue, &dyn Fn(&Tensor) -> Tensor); 4] = [
+            (Epilogue::clamp(0.0, 1.0), &|t| {
+                crate::pointwise::clamp(t, 0.0, 1.0).unwrap()
+            }),
+            (Epilogue::clamp(0.0, f32::INFINITY), &|t| {
+                crate::pointwise::clamp(t, 0.0, f32::INFINITY).unwrap()
+            }),
+            (Epilogue::pool(relu, 2, Some((0.0, 1.0))), &|t| {
+                crate::pointwise::clamp_pool_clamp(t, relu, 2, Some((0.0, 1.0))).unwrap()
+            }),
+            (Epilogue::pool(None, 3, None), &|t| {
+                crate::pointwise::avg_pool(t, 3).unwrap()
+            }),
+        ];
+        let bits = |t: &Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        for quantized in [false, true] {
+            let mut store = ParamStore::fresh(1);
+            let bn = BatchNorm::new(&mut store, "bn", 4, quantized);
+            bn.weight
+                .set(&Tensor::new(&[1.5f32, -0.5, 2.0, 0.7], &dev).unwrap())
+                .unwrap();
+            bn.bias
+                .set(&Tensor::new(&[0.1f32, 0.2, -0.3, 0.4], &dev).unwrap())
+                .unwrap();
+            for train in [true, false] {
+                for (epilogue, steps) in &cases {
+                    let fused = bn.forward_then(&x, train, false, Some(*epilogue)).unwrap();
+                    let apart = steps(&bn.forward_then(&x, train, false, None).unwrap());
+                    let what = format!("{epilogue:?} quantized {quantized} train {train}");
+                    assert_eq!(bits(&fused), bits(&apart), "{what}");
+                    let probe = Tensor::rand(-1f32, 1f32, fused.shape(), &dev).unwrap();
+                    let grads =
+                        |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                    let (g1, g2) = (grads(&fused), grads(&apart));
+                    for v in [x.as_tensor(), bn.weight.as_tensor(), bn.bias.as_tensor()] {
+                        assert_eq!(bits(g1.get(v).unwrap()), bits(g2.get(v).unwrap()), "{what}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -39,12 +39,7 @@ pub fn clamp_pool_clamp(
     k: usize,
     post: Option<(f32, f32)>,
 ) -> Result<Tensor> {
-    let bounds = |b: Option<(f32, f32)>| b.map(|(min, max)| Clamp { min, max });
-    x.apply_op1(AvgPool {
-        k,
-        pre: bounds(pre),
-        post: bounds(post),
-    })
+    x.apply_op1(AvgPool::new(pre, k, post))
 }
 
 /// The op behind [`clamp`].
@@ -136,6 +131,17 @@ struct AvgPool {
 type PoolShape = (usize, (usize, usize), (usize, usize));
 
 impl AvgPool {
+    /// Pooling over `k`x`k` windows between the optional clamps `pre` and `post`,
+    /// given as `(min, max)`.
+    fn new(pre: Option<(f32, f32)>, k: usize, post: Option<(f32, f32)>) -> Self {
+        let bounds = |b: Option<(f32, f32)>| b.map(|(min, max)| Clamp { min, max });
+        Self {
+            k,
+            pre: bounds(pre),
+            post: bounds(post),
+        }
+    }
+
     fn shape(&self, dims: &[usize]) -> Result<PoolShape> {
         let &[n, c, h, w] = dims else {
             return Err(candle_core::Error::Msg(format!(
@@ -229,6 +235,89 @@ impl CustomOp1 for AvgPool {
 
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         grad.apply_op3_no_bwd(res, x, &AvgPoolGrad(*self)).map(Some)
+    }
+}
+
+/// What follows a batch norm in REX-SC's blocks: a clamp (ReLU, Hardtanh) or a
+/// clamp → average pooling → clamp chain, which the batch norm runs plane by plane in
+/// its own op ([`crate::norm::BatchNorm::forward_then`]), so that the normalised
+/// activations are neither kept for backward nor given a gradient tensor of their own.
+#[derive(Debug, Clone, Copy)]
+pub struct Epilogue(EpilogueKind);
+
+#[derive(Debug, Clone, Copy)]
+enum EpilogueKind {
+    Clamp(Clamp),
+    Pool(AvgPool),
+}
+
+impl Epilogue {
+    /// `clamp(x, min, max)`, as [`clamp`].
+    pub fn clamp(min: f32, max: f32) -> Self {
+        Self(EpilogueKind::Clamp(Clamp { min, max }))
+    }
+
+    /// `post(avg_pool(pre(x), k))`, as [`clamp_pool_clamp`].
+    pub fn pool(pre: Option<(f32, f32)>, k: usize, post: Option<(f32, f32)>) -> Self {
+        Self(EpilogueKind::Pool(AvgPool::new(pre, k, post)))
+    }
+
+    /// The output shape for NCHW input `dims` (an error names a window that does not
+    /// fit).
+    pub(crate) fn output_dims(&self, dims: &[usize]) -> Result<Vec<usize>> {
+        match self.0 {
+            EpilogueKind::Clamp(_) => Ok(dims.to_vec()),
+            EpilogueKind::Pool(pool) => {
+                let (_, _, (oh, ow)) = pool.shape(dims)?;
+                Ok(vec![dims[0], dims[1], oh, ow])
+            }
+        }
+    }
+
+    /// One `h`x`w` plane's output `y` from its input `x`, bit for bit as the
+    /// standalone op's.
+    pub(crate) fn plane(&self, x: &[f32], y: &mut [f32], w: usize) {
+        match self.0 {
+            EpilogueKind::Clamp(clamp) => {
+                for (y, &v) in y.iter_mut().zip(x) {
+                    *y = clamp.apply(v);
+                }
+            }
+            EpilogueKind::Pool(pool) => match pool.k {
+                2 => pool.pool_plane(2, x, y, w, w / 2),
+                k => pool.pool_plane(k, x, y, w, w / k),
+            },
+        }
+    }
+
+    /// One `h`x`w` plane's input gradient `dx` from its input `x` and output gradient
+    /// `g`, bit for bit as the standalone op's backward; `pooled` is scratch space.
+    pub(crate) fn grad_plane(
+        &self,
+        x: &[f32],
+        g: &[f32],
+        dx: &mut [f32],
+        (h, w): (usize, usize),
+        pooled: &mut Vec<f32>,
+    ) {
+        match self.0 {
+            EpilogueKind::Clamp(clamp) => {
+                for ((d, &g), &v) in dx.iter_mut().zip(g).zip(x) {
+                    *d = if clamp.passes(v) { g } else { 0.0 };
+                }
+            }
+            EpilogueKind::Pool(pool) => {
+                let (oh, ow) = (h / pool.k, w / pool.k);
+                pooled.resize(oh * ow, 0.0);
+                self.plane(x, pooled, w);
+                // Rows and columns past the last whole window get no gradient.
+                dx.fill(0.0);
+                match pool.k {
+                    2 => pool.pool_grad_plane(2, (dx, x), (g, pooled), (w, ow, oh)),
+                    k => pool.pool_grad_plane(k, (dx, x), (g, pooled), (w, ow, oh)),
+                }
+            }
+        }
     }
 }
 

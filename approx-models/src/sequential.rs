@@ -20,7 +20,7 @@ use candle_core::{Result, Tensor, Var};
 use crate::attention::{ActivationMatmul, LayerNorm, SelfAttention, Tokens};
 use crate::hwmap::HwMap;
 use crate::norm::BatchNorm;
-use crate::pointwise;
+use crate::pointwise::{self, Epilogue};
 use crate::store::{Init, LoadError, ParamStore};
 
 /// One step of a sequential model.
@@ -454,7 +454,12 @@ fn run(steps: &[Step], x: &Tensor, ctx: Ctx) -> Result<Tensor> {
     let mut h = x.clone();
     let mut rest = steps;
     while let Some(step) = rest.first() {
-        if let Some(chain) = PoolChain::at_start(rest) {
+        if let Step::BatchNorm(bn) = step {
+            let update = ctx.train && ctx.pass == Pass::Forward;
+            let (epilogue, steps) = epilogue_at_start(&rest[1..]);
+            h = bn.forward_then(&h, ctx.train, update, epilogue)?;
+            rest = &rest[1 + steps..];
+        } else if let Some(chain) = PoolChain::at_start(rest) {
             h = pointwise::clamp_pool_clamp(&h, chain.pre, chain.k, chain.post)?;
             rest = &rest[chain.steps..];
         } else {
@@ -463,6 +468,23 @@ fn run(steps: &[Step], x: &Tensor, ctx: Ctx) -> Result<Tensor> {
         }
     }
     Ok(h)
+}
+
+/// The steps at the start of `steps` that a batch norm before them runs in its own op
+/// ([`BatchNorm::forward_then`]), and how many steps that covers: a clamp → pooling →
+/// clamp chain, pooling, or a clamp.
+fn epilogue_at_start(steps: &[Step]) -> (Option<Epilogue>, usize) {
+    if let Some(chain) = PoolChain::at_start(steps) {
+        return (
+            Some(Epilogue::pool(chain.pre, chain.k, chain.post)),
+            chain.steps,
+        );
+    }
+    match (steps.first(), clamp_bounds(steps.first())) {
+        (Some(Step::AvgPool(k)), _) => (Some(Epilogue::pool(None, *k, None)), 1),
+        (_, Some((min, max))) => (Some(Epilogue::clamp(min, max)), 1),
+        _ => (None, 0),
+    }
 }
 
 /// The bounds of a clamping step (ReLU is `(0, ∞)`).
