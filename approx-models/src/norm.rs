@@ -234,16 +234,32 @@ struct Scratch {
 struct OutputGrad<'a> {
     /// The op's output gradient.
     grad: &'a [f32],
-    /// With an epilogue: it, the forward's per-channel affine map `(k, b)`, the input
-    /// plane size `(h, w)` and the output plane's length.
-    epilogue: Option<(Epilogue, Vec<(f32, f32)>, (usize, usize), usize)>,
+    /// The epilogue the gradient passes back through, if any.
+    epilogue: Option<EpilogueGrad>,
     channels: usize,
+}
+
+/// What [`OutputGrad`] needs to pass a gradient back through an epilogue.
+struct EpilogueGrad {
+    epilogue: Epilogue,
+    /// The forward's per-channel affine map `(k, b)`.
+    affine: Vec<(f32, f32)>,
+    /// The input plane's `(h, w)`.
+    plane: (usize, usize),
+    /// The output plane's length.
+    out: usize,
 }
 
 impl OutputGrad<'_> {
     /// Plane `plane`'s gradient, whose input is `x`.
     fn plane<'s>(&'s self, plane: usize, x: &[f32], scratch: &'s mut Scratch) -> &'s [f32] {
-        let Some((epilogue, affine, (h, w), out)) = &self.epilogue else {
+        let Some(EpilogueGrad {
+            epilogue,
+            affine,
+            plane: (h, w),
+            out,
+        }) = &self.epilogue
+        else {
             return &self.grad[plane * x.len()..][..x.len()];
         };
         let (k, b) = affine[plane % self.channels];
@@ -358,7 +374,12 @@ impl CustomOp3 for BatchNormOp {
                 let out = epilogue.output_dims(&dims)?[2..].iter().product::<usize>();
                 let bt = beta.to_vec1::<f32>()?;
                 let affine = (0..c).map(|ch| self.affine(ch, &gm, &bt)).collect();
-                Some((epilogue, affine, plane_size(&dims), out))
+                Some(EpilogueGrad {
+                    epilogue,
+                    affine,
+                    plane: plane_size(&dims),
+                    out,
+                })
             }
         };
         let out_grad = OutputGrad {
@@ -559,7 +580,8 @@ mod tests {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::rand(-2f32, 3f32, (3, 4, 9, 7), &dev).unwrap()).unwrap();
         let relu = Some((0.0, f32::INFINITY));
-        let cases: [(Epilogue, &dyn Fn(&Tensor) -> Tensor); 4] = [
+        type TwoOps<'a> = &'a dyn Fn(&Tensor) -> Tensor;
+        let cases: [(Epilogue, TwoOps); 4] = [
             (Epilogue::clamp(0.0, 1.0), &|t| {
                 crate::pointwise::clamp(t, 0.0, 1.0).unwrap()
             }),
