@@ -13,7 +13,7 @@ use approx_hw::{Conv2dParams, Layer};
 use approx_train::layer::HwLayer;
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
-use approx_train::recompute::{Block, Pass, Recompute};
+use approx_train::recompute::{inner_product, Block, Recompute};
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
@@ -436,17 +436,24 @@ fn hw_step(
     y.reshape((n, t, out))
 }
 
-/// Runs a checkpointed block: as [`run`], except that when recomputing, a last step
-/// that is a hardware layer runs [`HwLayer::forward_gradient_only`]. Nothing reads a
-/// recomputed block's output value, only gradients flow through it, so with blocks
-/// that end at hardware layers the recomputation never runs a bit-accurate kernel.
-fn run_block(steps: &[Step], x: &Tensor, ctx: Ctx) -> Result<Tensor> {
-    match (ctx.pass, steps.split_last()) {
-        (Pass::Recompute, Some((Step::Hw(l), body))) => {
-            hw_step(l, &run(body, x, ctx)?, HwLayer::forward_gradient_only)
-        }
-        _ => run(steps, x, ctx),
+/// Runs a checkpointed block (see [`approx_train::recompute::BlockFn`]): its first
+/// run as [`run`], its recomputation as the scalar `⟨output, seed⟩`. A last step that
+/// is a hardware layer takes the seed itself ([`HwLayer::seeded_gradient`]): nothing
+/// reads a recomputed block's output value, only gradients flow through it, so with
+/// blocks that end at hardware layers the recomputation never runs a bit-accurate
+/// kernel, nor materialises the block's output.
+fn run_block(steps: &[Step], x: &Tensor, ctx: Ctx, seed: Option<&Tensor>) -> Result<Tensor> {
+    let Some(seed) = seed else {
+        return run(steps, x, ctx);
+    };
+    let Some((Step::Hw(l), body)) = steps.split_last() else {
+        return inner_product(&run(steps, x, ctx)?, seed);
+    };
+    let h = run(body, x, ctx)?;
+    if h.rank() == 3 {
+        return inner_product(&hw_step(l, &h, HwLayer::forward_gradient_only)?, seed);
     }
+    l.seeded_gradient(&h, seed)
 }
 
 /// Applies `steps` in order to `x`.
@@ -526,6 +533,15 @@ impl PoolChain {
             steps: len,
         })
     }
+}
+
+/// Which run of a checkpointed block's steps this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// The step's forward: side effects (batch-norm running statistics) happen here.
+    Forward,
+    /// The recomputation in backward: the same values, no side effects.
+    Recompute,
 }
 
 /// What a step's forward depends on besides its input.
@@ -652,14 +668,17 @@ impl Model for Sequential {
                 let (steps, range) = (self.steps.clone(), range.clone());
                 Block {
                     params,
-                    forward: Arc::new(move |t: &Tensor, pass: Pass| {
-                        let values_only = pass == Pass::Forward;
+                    forward: Arc::new(move |t: &Tensor, seed: Option<&Tensor>| {
+                        let (pass, values_only) = match seed {
+                            None => (Pass::Forward, true),
+                            Some(_) => (Pass::Recompute, false),
+                        };
                         let ctx = Ctx {
                             pass,
                             values_only,
                             ..ctx
                         };
-                        run_block(&steps[range.clone()], t, ctx)
+                        run_block(&steps[range.clone()], t, ctx, seed)
                     }),
                 }
             })

@@ -15,7 +15,10 @@ use crate::calibration::{
 use crate::fixed_pattern::add_fixed_pattern;
 use crate::mode::ExecMode;
 use crate::polarity::split_polarities;
-use crate::split_conv::{split_surrogate_conv2d, split_surrogate_conv2d_straight_through};
+use crate::recompute::inner_product;
+use crate::split_conv::{
+    split_surrogate_conv2d, split_surrogate_conv2d_seeded, split_surrogate_conv2d_straight_through,
+};
 use crate::ste::{straight_through, OperandQuantizer, Quantize, Quantizer, StreamQuantizer};
 use crate::surrogate::{Injection, Output, Surrogate};
 use crate::tiled::tiled_surrogate;
@@ -50,6 +53,24 @@ pub struct HwLayer {
 
 fn err(msg: String) -> candle_core::Error {
     candle_core::Error::Msg(msg)
+}
+
+/// What a layer's forward for its gradient alone injects, by mode: in `accurate` mode
+/// nothing (`Some(None)`), in `inject` mode between calibrations the calibrated bias
+/// without the noise (its slope is in the gradient); `None` in other modes, whose
+/// gradient-only forward is the plain one.
+fn gradient_only_injection(state: &LayerState) -> Option<Option<(Calibration, u64)>> {
+    match state.mode {
+        ExecMode::Accurate => Some(None),
+        ExecMode::Inject if !state.calibrate_next => Some(state.calibration.map(|c| {
+            let bias_only = Calibration {
+                std: [0.0; DEGREE + 1],
+                ..c
+            };
+            (bias_only, state.step)
+        })),
+        _ => None,
+    }
 }
 
 impl HwLayer {
@@ -227,19 +248,45 @@ impl HwLayer {
     /// slope is in the gradient); other modes are [`HwLayer::forward`].
     pub fn forward_gradient_only(&self, x: &Tensor) -> Result<Tensor> {
         let state = self.state();
-        let inject = match state.mode {
-            ExecMode::Accurate => None,
-            ExecMode::Inject if !state.calibrate_next => state.calibration.map(|c| {
-                let bias_only = Calibration {
-                    std: [0.0; DEGREE + 1],
-                    ..c
-                };
-                (bias_only, state.step)
-            }),
-            _ => return self.forward(x),
+        let Some(inject) = gradient_only_injection(&state) else {
+            return self.forward(x);
         };
         let (x, w) = self.operands(x, state.mode)?;
         self.with_bias(self.approx(&x, &w, inject, None, Output::GradientOnly)?)
+    }
+
+    /// `⟨forward_gradient_only(x), seed⟩` as a scalar with that product's gradients,
+    /// for the last layer of a recomputed checkpoint block (`seed` is the gradient of
+    /// the layer's output). An SC conv without bias takes the seed in its op
+    /// ([`split_surrogate_conv2d_seeded`]) and never materialises its output, nor
+    /// candle's zeroed gradient for it: two output-sized tensors less at a
+    /// checkpointed step's peak.
+    pub fn seeded_gradient(&self, x: &Tensor, seed: &Tensor) -> Result<Tensor> {
+        let state = self.state();
+        let seeded_conv = match (&self.hw, self.op, self.model.partial_sums(), &self.bias) {
+            (HwSpec::Sc(_), Layer::Conv2d(params), PartialSums::SplitWeights, None) => {
+                gradient_only_injection(&state).map(|inject| (params, inject))
+            }
+            _ => None,
+        };
+        let Some((params, inject)) = seeded_conv else {
+            return inner_product(&self.forward_gradient_only(x)?, seed);
+        };
+        let (x, w) = self.operands(x, state.mode)?;
+        let surrogate = Surrogate {
+            model: self.model,
+            injection: self.injection(inject, 0),
+        };
+        split_surrogate_conv2d_seeded(&x, &w, params, surrogate, seed)
+    }
+
+    /// The injection of the calibrated error `inject` (with its step) into unit `unit`
+    /// of the layer's output.
+    fn injection(&self, inject: Option<(Calibration, u64)>, unit: u64) -> Option<Injection> {
+        inject.map(|(calibration, step)| Injection {
+            calibration,
+            seed: self.noise_seed(step, unit),
+        })
     }
 
     /// `y` plus the fixed-pattern error, the same for every sample.
@@ -343,12 +390,7 @@ impl HwLayer {
         fixed_pattern: Option<&Tensor>,
         output: Output,
     ) -> Result<Tensor> {
-        let injection = |unit| {
-            inject.map(|(calibration, step)| Injection {
-                calibration,
-                seed: self.noise_seed(step, unit),
-            })
-        };
+        let injection = |unit| self.injection(inject, unit);
         let model = self.model;
         // SC injects per polarity (REX-SC); every other kind on the layer output.
         let per_polarity = matches!(self.hw, HwSpec::Sc(_));

@@ -23,17 +23,22 @@ use crate::storage::{f32_values, read_f32};
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, Var};
 
-/// Which run of a block's forward this is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pass {
-    /// The step's forward: side effects (batch-norm running statistics) happen here.
-    Forward,
-    /// The recomputation in backward: the same values, no side effects.
-    Recompute,
-}
+/// A block's two runs on its input. `None`: the step's forward, which returns the
+/// block's output (nothing differentiates it; side effects such as batch-norm running
+/// statistics happen here). `Some(seed)`: the recomputation in backward, on the
+/// tracked input, which returns a scalar whose gradients are those of `⟨output, seed⟩`
+/// (the seed is the gradient of the block's output), with no side effects;
+/// [`inner_product`] makes it from the output, and a block whose last op can take the
+/// seed itself need not materialise its output at all.
+pub type BlockFn = Arc<dyn Fn(&Tensor, Option<&Tensor>) -> Result<Tensor> + Send + Sync>;
 
-/// A block's forward: input to output, building its graph on the given input.
-pub type BlockFn = Arc<dyn Fn(&Tensor, Pass) -> Result<Tensor> + Send + Sync>;
+/// `⟨y, seed⟩` as a scalar whose gradient with respect to `y` is `seed` (see
+/// [`BlockFn`]).
+pub fn inner_product(y: &Tensor, seed: &Tensor) -> Result<Tensor> {
+    y.apply_op1(InnerProduct {
+        with: seed.detach(),
+    })
+}
 
 /// One checkpointed block of a [`Recompute::chain`].
 pub struct Block {
@@ -181,7 +186,7 @@ impl CustomOp1 for Checkpoint {
                 Tensor::from_vec(data, layout.shape(), &Device::Cpu)?
             }
         };
-        let y = (self.block)(&x, Pass::Forward)?.detach();
+        let y = (self.block)(&x, None)?.detach();
         drop(x);
         let shape = y.shape().clone();
         let values = y.flatten_all()?.to_vec1::<f32>()?;
@@ -209,8 +214,8 @@ impl CustomOp1 for Checkpoint {
             None if self.data => arg.detach(),
             None => Var::from_tensor(&arg.detach())?.as_tensor().clone(),
         };
-        let y = (self.block)(&x, Pass::Recompute)?;
-        let grads = y.apply_op1(InnerProduct { with: grad })?.backward()?;
+        let y = (self.block)(&x, Some(&grad))?;
+        let grads = y.backward()?;
         let mut keep = GradStore::default();
         for p in &self.params {
             if let Some(g) = grads.get(p) {
@@ -319,9 +324,13 @@ mod tests {
         .unwrap();
         let block = |i: usize| -> BlockFn {
             let w = ws[i].clone();
-            Arc::new(move |t: &Tensor, _| {
+            Arc::new(move |t: &Tensor, seed: Option<&Tensor>| {
                 let t = if i == 1 { t.tanh()? } else { t.clone() };
-                t.matmul(&w)?.tanh()
+                let y = t.matmul(&w)?.tanh()?;
+                match seed {
+                    Some(seed) => inner_product(&y, seed),
+                    None => Ok(y),
+                }
             })
         };
         for tracked in [false, true] {
@@ -332,7 +341,7 @@ mod tests {
             };
             let mut h = x.clone();
             for i in 0..3 {
-                h = block(i)(&h, Pass::Forward).unwrap();
+                h = block(i)(&h, None).unwrap();
             }
             let g_plain = h.sqr().unwrap().sum_all().unwrap().backward().unwrap();
             let rc = Recompute::default();

@@ -82,6 +82,27 @@ pub fn split_surrogate_conv2d_straight_through(
     )
 }
 
+/// `⟨split_surrogate_conv2d(input, weight, ..), seed⟩` as a scalar, for its gradients
+/// alone (its value is zero): the op's backward starts from `seed` (the gradient of
+/// the conv's output, of its shape) instead of an output gradient, so neither the
+/// conv's output nor candle's zeroed gradient for it is ever made. For the last layer
+/// of a recomputed checkpoint block ([`crate::recompute::BlockFn`]).
+pub fn split_surrogate_conv2d_seeded(
+    input: &Tensor,
+    weight: &Tensor,
+    params: Conv2dParams,
+    surrogate: Surrogate,
+    seed: &Tensor,
+) -> Result<Tensor> {
+    input.apply_op2(
+        weight,
+        SplitSurrogateConv {
+            seed: Some(seed.detach()),
+            ..SplitSurrogateConv::new(params, surrogate, Output::GradientOnly)
+        },
+    )
+}
+
 /// The op behind [`split_surrogate_conv2d`].
 struct SplitSurrogateConv {
     conv: FastConv2d,
@@ -93,6 +114,9 @@ struct SplitSurrogateConv {
     /// the forward, so that the graph does not hold the kernel's output (one more
     /// output-sized tensor per layer) until the backward.
     hardware: Option<Mutex<Option<Tensor>>>,
+    /// With [`Output::GradientOnly`], the gradient of the output to start the backward
+    /// from, in place of the output (see [`split_surrogate_conv2d_seeded`]).
+    seed: Option<Tensor>,
     /// The local derivatives of the stacked sums, from the forward that computed
     /// them ([`Surrogate::split_image_keeping_local`]), until the backward turns them
     /// into the sums' gradient (a second backward recomputes the sums).
@@ -108,6 +132,7 @@ impl SplitSurrogateConv {
             output,
             fixed_pattern: None,
             hardware: None,
+            seed: None,
             local: Mutex::new(None),
         }
     }
@@ -127,6 +152,15 @@ impl CustomOp2 for SplitSurrogateConv {
     ) -> Result<(CpuStorage, Shape)> {
         if self.output == Output::GradientOnly {
             let (_, shape) = split_shape(&self.conv.output_shape(l1.dims(), l2.shape())?)?;
+            if let Some(seed) = &self.seed {
+                if seed.shape() != &shape {
+                    return Err(candle_core::Error::Msg(format!(
+                        "split surrogate conv2d: seed shape {:?} differs from output shape {shape:?}",
+                        seed.dims()
+                    )));
+                }
+                return Ok((CpuStorage::F32(vec![0.0]), Shape::from(())));
+            }
             let Some(slot) = &self.hardware else {
                 return Ok((CpuStorage::F32(zeros(shape.elem_count())), shape));
             };
@@ -174,7 +208,7 @@ impl CustomOp2 for SplitSurrogateConv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = read_f32(grad);
+        let g = read_f32(self.seed.as_ref().unwrap_or(grad));
         let g = g.values("the split surrogate conv2d's backward")?;
         let (half, _) = split_shape(&self.conv.output_shape(input.dims(), weight.shape())?)?;
         let kept = self.local.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -323,5 +357,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("[4, 5, 6]") && e.contains("[2, 4, 6, 6]"), "{e}");
+    }
+
+    /// The seeded form's gradients are those of the gradient-only op under the seed,
+    /// bit for bit; a seed of another shape is an error naming both shapes.
+    #[test]
+    fn seeded_gradients_equal_the_gradient_only_ops() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, (3, 4, 7, 6), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::rand(-0.5f32, 0.5, (5, 4, 3, 3), &dev).unwrap()).unwrap();
+        let (params, surrogate) = (Conv2dParams::new(1, 1), or2());
+        let gradient_only =
+            split_surrogate_conv2d(&x, &w, params, surrogate, Output::GradientOnly, None).unwrap();
+        let seed = Tensor::rand(-1f32, 1.0, gradient_only.shape(), &dev).unwrap();
+        let seeded = split_surrogate_conv2d_seeded(&x, &w, params, surrogate, &seed).unwrap();
+        assert_eq!(seeded.dims(), &[] as &[usize]);
+        let gradients = |y: Tensor| {
+            let g = y.backward().unwrap();
+            [&x, &w].map(|v| values(g.get(v).unwrap()))
+        };
+        let product = (&gradient_only * &seed).unwrap().sum_all().unwrap();
+        assert_eq!(gradients(seeded), gradients(product));
+        let wrong = Tensor::zeros((3, 5, 7, 5), candle_core::DType::F32, &dev).unwrap();
+        let e = split_surrogate_conv2d_seeded(&x, &w, params, surrogate, &wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[3, 5, 7, 6]") && e.contains("[3, 5, 7, 5]"),
+            "{e}"
+        );
     }
 }

@@ -51,13 +51,20 @@ pub(crate) struct PackedWeights {
 
 impl PackedWeights {
     /// Packs the row-major `rows x depth` matrix `w`.
+    #[cfg(test)]
     pub(crate) fn new(w: &[f32], rows: usize, depth: usize) -> Self {
         assert_eq!(w.len(), rows * depth, "weights are rows x depth");
+        Self::from_fn(rows, depth, |i, j| w[i * depth + j])
+    }
+
+    /// Packs the `rows x depth` matrix whose entry `(i, j)` is `entry(i, j)`: a
+    /// rearranged weight (a flipped kernel) packed without a copy in between.
+    pub(crate) fn from_fn(rows: usize, depth: usize, entry: impl Fn(usize, usize) -> f32) -> Self {
         let stride = rows.next_multiple_of(LANES);
         let mut transposed = vec![0f32; stride * depth];
-        for (i, row) in w.chunks_exact(depth.max(1)).enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                transposed[j * stride + i] = v;
+        for (j, column) in transposed.chunks_exact_mut(stride).enumerate() {
+            for (i, v) in column[..rows].iter_mut().enumerate() {
+                *v = entry(i, j);
             }
         }
         Self {
