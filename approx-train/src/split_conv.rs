@@ -315,8 +315,9 @@ mod tests {
     }
 
     /// The straight-through form's value is the hardware tensor's, bit for bit, and
-    /// its gradients those of the op for the gradient alone; a hardware tensor of
-    /// another shape is an error naming both shapes.
+    /// its gradients those of the op for the gradient alone, as are the seeded form's
+    /// under the seed; a hardware tensor or seed of another shape is an error naming
+    /// both shapes.
     #[test]
     fn straight_through_takes_the_hardware_value_and_the_surrogate_gradient() {
         let dev = Device::Cpu;
@@ -344,6 +345,20 @@ mod tests {
             e.contains("[3, 5, 7, 6]") && e.contains("[3, 5, 7, 5]"),
             "{e}"
         );
+        // The seeded form: a scalar with the gradients of the gradient-only op under
+        // the seed.
+        let seeded = split_surrogate_conv2d_seeded(&x, &w, params, surrogate, &probe).unwrap();
+        assert_eq!(seeded.dims(), &[] as &[usize]);
+        let g = seeded.backward().unwrap();
+        let seeded_gradients = [&x, &w].map(|v| values(g.get(v).unwrap()));
+        assert_eq!(seeded_gradients, gradients(&gradient_only));
+        let e = split_surrogate_conv2d_seeded(&x, &w, params, surrogate, &wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[3, 5, 7, 6]") && e.contains("[3, 5, 7, 5]"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -357,34 +372,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("[4, 5, 6]") && e.contains("[2, 4, 6, 6]"), "{e}");
-    }
-
-    /// The seeded form's gradients are those of the gradient-only op under the seed,
-    /// bit for bit; a seed of another shape is an error naming both shapes.
-    #[test]
-    fn seeded_gradients_equal_the_gradient_only_ops() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::rand(0f32, 1.0, (3, 4, 7, 6), &dev).unwrap()).unwrap();
-        let w = Var::from_tensor(&Tensor::rand(-0.5f32, 0.5, (5, 4, 3, 3), &dev).unwrap()).unwrap();
-        let (params, surrogate) = (Conv2dParams::new(1, 1), or2());
-        let gradient_only =
-            split_surrogate_conv2d(&x, &w, params, surrogate, Output::GradientOnly, None).unwrap();
-        let seed = Tensor::rand(-1f32, 1.0, gradient_only.shape(), &dev).unwrap();
-        let seeded = split_surrogate_conv2d_seeded(&x, &w, params, surrogate, &seed).unwrap();
-        assert_eq!(seeded.dims(), &[] as &[usize]);
-        let gradients = |y: Tensor| {
-            let g = y.backward().unwrap();
-            [&x, &w].map(|v| values(g.get(v).unwrap()))
-        };
-        let product = (&gradient_only * &seed).unwrap().sum_all().unwrap();
-        assert_eq!(gradients(seeded), gradients(product));
-        let wrong = Tensor::zeros((3, 5, 7, 5), candle_core::DType::F32, &dev).unwrap();
-        let e = split_surrogate_conv2d_seeded(&x, &w, params, surrogate, &wrong)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("[3, 5, 7, 6]") && e.contains("[3, 5, 7, 5]"),
-            "{e}"
-        );
     }
 }
