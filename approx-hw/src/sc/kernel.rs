@@ -12,6 +12,8 @@
 //! end meet zero weights. Images are processed in chunks; rayon splits each chunk's
 //! output pixels.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::counter::{Binary, Counter, CycleFold, Popcount, Thermometer};
@@ -90,6 +92,11 @@ impl Strided4<'_> {
 /// Most words of activation streams held at once (64 MiB); larger batches are
 /// processed in chunks of images.
 const ACT_CHUNK_WORDS: usize = 8 << 20;
+
+/// Most words of weight streams held at once (8 MiB); a layer with more runs in groups
+/// of output channels, each group's streams made when it runs (VGG-16's 512-channel
+/// layers held 36 MiB at once, the peak of a checkpointed training step's forward).
+const WEIGHT_CHUNK_WORDS: usize = 1 << 20;
 /// Output pixels per parallel task.
 const PIXELS_PER_TASK: usize = 32;
 /// Output channels are padded to a multiple of this (the largest NR).
@@ -354,10 +361,17 @@ fn select(isa: Isa, acc: Accumulation) -> BlockFn {
     }
 }
 
-/// Weight streams `[O padded to MAX_NR][polarity][KH][padded run of KW·pixel words]`.
+/// Words of one output channel's weight streams.
+fn channel_words(geo: &ConvGeometry, layout: StreamLayout) -> usize {
+    2 * geo.kernel.0 * padded_run(geo, layout)
+}
+
+/// The weight streams of output `channels`, `[channels padded to MAX_NR][polarity]
+/// [KH][padded run of KW·pixel words]`.
 fn weight_streams(
     geo: &ConvGeometry,
     weight: Strided4,
+    channels: Range<usize>,
     gen: &StreamGenerator,
     layout: StreamLayout,
 ) -> Vec<u64> {
@@ -365,14 +379,13 @@ fn weight_streams(
     let c_count = geo.in_channels;
     let pw = layout.pixel_words(c_count);
     let run = padded_run(geo, layout);
-    let channel_words = 2 * kh * run;
-    let o_pad = geo.out_channels.div_ceil(MAX_NR) * MAX_NR;
+    let channel_words = channel_words(geo, layout);
+    let o_pad = channels.len().div_ceil(MAX_NR) * MAX_NR;
     let mut words = vec![0u64; o_pad * channel_words];
     words
         .par_chunks_mut(channel_words)
-        .take(geo.out_channels)
-        .enumerate()
-        .for_each(|(o, dst)| {
+        .zip(channels)
+        .for_each(|(dst, o)| {
             let mut buf = [0u64; 4];
             for c in 0..c_count {
                 for i in 0..kh {
@@ -439,11 +452,23 @@ pub(crate) fn conv(
     isa: Isa,
     output: Output,
 ) -> CpuStorage {
-    conv_in_chunks(geo, input, weight, spec, isa, output, ACT_CHUNK_WORDS)
+    let chunks = Chunks {
+        act_words: ACT_CHUNK_WORDS,
+        weight_words: WEIGHT_CHUNK_WORDS,
+    };
+    conv_in_chunks(geo, input, weight, spec, isa, output, chunks)
 }
 
-/// [`conv`], holding at most `chunk_words` words of activation streams at once (at
-/// least one image).
+/// How much of the streams [`conv_in_chunks`] holds at once.
+#[derive(Debug, Clone, Copy)]
+struct Chunks {
+    /// Most words of activation streams (at least one image's).
+    act_words: usize,
+    /// Most words of weight streams (at least [`MAX_NR`] channels').
+    weight_words: usize,
+}
+
+/// [`conv`] in chunks of images and groups of output channels, as `chunks` says.
 fn conv_in_chunks(
     geo: &ConvGeometry,
     input: Strided4,
@@ -451,7 +476,7 @@ fn conv_in_chunks(
     spec: &ScSpec,
     isa: Isa,
     output: Output,
-    chunk_words: usize,
+    chunks: Chunks,
 ) -> CpuStorage {
     let layout = StreamLayout {
         len: spec.stream_len(),
@@ -459,7 +484,16 @@ fn conv_in_chunks(
     let gen = StreamGenerator::new(spec);
     let pw = layout.pixel_words(geo.in_channels);
     let (hp, wp) = geo.padded_size();
-    let weights = weight_streams(geo, weight, &gen, layout);
+    let group = (chunks.weight_words / channel_words(geo, layout)).max(MAX_NR) / MAX_NR * MAX_NR;
+    let groups: Vec<Range<usize>> = (0..geo.out_channels)
+        .step_by(group)
+        .map(|o0| o0..(o0 + group).min(geo.out_channels))
+        .collect();
+    // One group's streams are made once; several groups' as each group runs.
+    let whole = match groups.as_slice() {
+        [all] => Some(weight_streams(geo, weight, all.clone(), &gen, layout)),
+        _ => None,
+    };
     let fold = CycleFold {
         len: layout.len,
         words: layout.words(),
@@ -495,7 +529,7 @@ fn conv_in_chunks(
             }
         }
     };
-    let chunk_images = (chunk_words / image_words).clamp(1, geo.batch);
+    let chunk_images = (chunks.act_words / image_words).clamp(1, geo.batch);
     // RUN_ALIGN slack words: the last run's padding may read past the last image.
     let mut act = zeros::<u64>(chunk_images * image_words + RUN_ALIGN);
     for first in (0..geo.batch).step_by(chunk_images) {
@@ -510,48 +544,61 @@ fn conv_in_chunks(
                 }
                 image_streams(geo, input, first + i, &gen, layout, dst)
             });
-        let k = KernelArgs {
-            act: &act,
-            weights: &weights,
-            fold,
-            out_channels: geo.out_channels,
-            kernel_rows: geo.kernel.0,
-            run: padded_run(geo, layout),
-            row_stride: wp * pw,
-            image_words,
-            pixel_words: pw,
-            out_size: geo.out_size(),
-            stride: geo.params.stride,
-        };
-        let offset = first * per_image * o_count;
-        // SAFETY: `offset` is inside the output, which the capacity reserved above holds.
-        let sink = unsafe {
-            match base {
-                Sink::Value { out, inv_len } => Sink::Value {
-                    out: out.add(offset),
-                    inv_len,
-                },
-                Sink::Counts { pos, neg } => Sink::Counts {
-                    pos: pos.add(offset),
-                    neg: neg.add(offset),
-                },
-            }
-        };
-        let out = ChunkOut {
-            sink,
-            per_image,
-            out_channels: o_count,
-        };
-        let pixels = images * per_image;
-        (0..pixels.div_ceil(PIXELS_PER_TASK))
-            .into_par_iter()
-            // SAFETY: `k` describes `act` and `weights` as built above, `out` this
-            // chunk's outputs, and each task writes only its own pixels; `select` only
-            // returns an instruction set's entry when the CPU supports it.
-            .for_each(|t| unsafe {
-                let g0 = t * PIXELS_PER_TASK;
-                block(&k, g0, PIXELS_PER_TASK.min(pixels - g0), &out)
-            });
+        for channels in &groups {
+            let made;
+            let weights = match &whole {
+                Some(w) => w,
+                None => {
+                    made = weight_streams(geo, weight, channels.clone(), &gen, layout);
+                    &made
+                }
+            };
+            let k = KernelArgs {
+                act: &act,
+                weights,
+                fold,
+                out_channels: channels.len(),
+                kernel_rows: geo.kernel.0,
+                run: padded_run(geo, layout),
+                row_stride: wp * pw,
+                image_words,
+                pixel_words: pw,
+                out_size: geo.out_size(),
+                stride: geo.params.stride,
+            };
+            let offset = (first * o_count + channels.start) * per_image;
+            // SAFETY: `offset` is inside the output, which the capacity reserved above
+            // holds.
+            let sink = unsafe {
+                match base {
+                    Sink::Value { out, inv_len } => Sink::Value {
+                        out: out.add(offset),
+                        inv_len,
+                    },
+                    Sink::Counts { pos, neg } => Sink::Counts {
+                        pos: pos.add(offset),
+                        neg: neg.add(offset),
+                    },
+                }
+            };
+            let out = ChunkOut {
+                sink,
+                per_image,
+                out_channels: o_count,
+            };
+            let pixels = images * per_image;
+            (0..pixels.div_ceil(PIXELS_PER_TASK))
+                .into_par_iter()
+                // SAFETY: `k` describes `act` and `weights` as built above, `out` this
+                // chunk's outputs from the group's first channel on (the kernel writes
+                // `k.out_channels` of them per pixel), and each task writes only its
+                // own pixels; `select` only returns an instruction set's entry when the
+                // CPU supports it.
+                .for_each(|t| unsafe {
+                    let g0 = t * PIXELS_PER_TASK;
+                    block(&k, g0, PIXELS_PER_TASK.min(pixels - g0), &out)
+                });
+        }
     }
     // SAFETY: the chunks' tasks wrote every output pixel of every channel (of both
     // planes for counts).
@@ -574,12 +621,13 @@ mod tests {
     use super::*;
     use crate::geometry::Conv2dParams;
 
-    /// Images processed in several chunks, which reuse one activation buffer, give the
-    /// outputs of one chunk: B < 64 (streams ORed into shared words) and B = 64, inputs
-    /// with zeros (whose streams are skipped, not written).
+    /// Images processed in several chunks, which reuse one activation buffer, and
+    /// output channels in groups (two, two and one) give the outputs of one pass: B <
+    /// 64 (streams ORed into shared words) and B = 64, inputs with zeros (whose streams
+    /// are skipped, not written).
     #[test]
     fn chunks_give_the_outputs_of_one_pass() {
-        let (batch, c, o, h) = (5, 3, 4, 6);
+        let (batch, c, o, h) = (5, 3, 5, 6);
         let input: Vec<f32> = (0..batch * c * h * h)
             .map(|i| {
                 if i % 3 == 0 {
@@ -616,21 +664,27 @@ mod tests {
                     .pixel_words(c)
             };
             for output in [Output::Value, Output::Counts] {
-                let run = |chunk_words| match conv_in_chunks(
-                    &geo,
-                    x,
-                    w,
-                    &spec,
-                    Isa::best(),
-                    output,
-                    chunk_words,
-                ) {
-                    CpuStorage::F32(v) => v.iter().map(|v| v.to_bits()).collect(),
-                    CpuStorage::U32(v) => v,
-                    _ => unreachable!("the kernel returns f32 or u32"),
-                };
-                let whole = run(ACT_CHUNK_WORDS);
-                assert_eq!(run(2 * image_words), whole, "{spec} {output:?}");
+                let run =
+                    |chunks| match conv_in_chunks(&geo, x, w, &spec, Isa::best(), output, chunks) {
+                        CpuStorage::F32(v) => v.iter().map(|v| v.to_bits()).collect(),
+                        CpuStorage::U32(v) => v,
+                        _ => unreachable!("the kernel returns f32 or u32"),
+                    };
+                let whole = run(Chunks {
+                    act_words: ACT_CHUNK_WORDS,
+                    weight_words: WEIGHT_CHUNK_WORDS,
+                });
+                for (act_words, weight_words) in [
+                    (2 * image_words, WEIGHT_CHUNK_WORDS),
+                    (ACT_CHUNK_WORDS, 1),
+                    (2 * image_words, 1),
+                ] {
+                    let chunks = Chunks {
+                        act_words,
+                        weight_words,
+                    };
+                    assert_eq!(run(chunks), whole, "{spec} {output:?} {chunks:?}");
+                }
             }
         }
     }
