@@ -33,6 +33,9 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 
 const BUDGET: f64 = 4.0 * (1u64 << 30) as f64;
 const MIB: f64 = (1u64 << 20) as f64;
+/// Where the search for the largest batch stops (a VGG-16 step at this batch takes
+/// minutes here).
+const MAX_BATCH: usize = 2048;
 
 /// Runs two steps and prints, in bytes, the resident set before the second, the peak
 /// during it, and the process's peak over both.
@@ -112,10 +115,10 @@ fn measure(kind: ModelKind, segments: usize, batch: usize) -> Result<Measurement
     }
 }
 
-/// The largest batch (up to 1,024) whose step peaks within the budget, starting from
+/// The largest batch (up to [`MAX_BATCH`]) whose step peaks within the budget, starting from
 /// the linear prediction `guess`, and its peak. A batch that overshoots is scaled down
 /// by the measured overshoot (at least 2 %) and measured again; a batch that fits is
-/// confirmed by the next one up (+5 %) overshooting, or by reaching 1,024. Peak memory
+/// confirmed by the next one up (+5 %) overshooting, or by reaching [`MAX_BATCH`]. Peak memory
 /// is not linear in the batch (allocator blocks, the kernels' transient buffers), so
 /// the prediction alone can be far off.
 fn largest_fitting_batch(kind: ModelKind, segments: usize, guess: usize) -> Result<(usize, f64)> {
@@ -126,7 +129,7 @@ fn largest_fitting_batch(kind: ModelKind, segments: usize, guess: usize) -> Resu
         let peak = measure(kind, segments, batch)?.process_peak;
         if peak <= BUDGET {
             fits = Some((batch, peak));
-            let next = (batch + batch.div_ceil(20)).min(1024);
+            let next = (batch + batch.div_ceil(20)).min(MAX_BATCH);
             if next == batch || next >= over {
                 break;
             }
@@ -171,7 +174,7 @@ fn main() -> Result<()> {
             let (max_batch, peak_there) = largest_fitting_batch(
                 kind,
                 segments,
-                (((BUDGET - fixed) / per_image) as usize).clamp(b2, 1024),
+                (((BUDGET - fixed) / per_image) as usize).clamp(b2, MAX_BATCH),
             )?;
             println!(
                 "{:<9} {:>9} {:>6} {:>14.0} {:>11.0} {:>14} {:>17.0}",
