@@ -452,11 +452,7 @@ pub(crate) fn conv(
     isa: Isa,
     output: Output,
 ) -> CpuStorage {
-    let chunks = Chunks {
-        act_words: ACT_CHUNK_WORDS,
-        weight_words: WEIGHT_CHUNK_WORDS,
-    };
-    conv_in_chunks(geo, input, weight, spec, isa, output, chunks)
+    conv_in_chunks(geo, input, weight, spec, isa, output, Chunks::DEFAULT)
 }
 
 /// How much of the streams [`conv_in_chunks`] holds at once.
@@ -466,6 +462,14 @@ struct Chunks {
     act_words: usize,
     /// Most words of weight streams (at least [`MAX_NR`] channels').
     weight_words: usize,
+}
+
+impl Chunks {
+    /// [`ACT_CHUNK_WORDS`] and [`WEIGHT_CHUNK_WORDS`].
+    const DEFAULT: Self = Self {
+        act_words: ACT_CHUNK_WORDS,
+        weight_words: WEIGHT_CHUNK_WORDS,
+    };
 }
 
 /// [`conv`] in chunks of images and groups of output channels, as `chunks` says.
@@ -670,10 +674,7 @@ mod tests {
                         CpuStorage::U32(v) => v,
                         _ => unreachable!("the kernel returns f32 or u32"),
                     };
-                let whole = run(Chunks {
-                    act_words: ACT_CHUNK_WORDS,
-                    weight_words: WEIGHT_CHUNK_WORDS,
-                });
+                let whole = run(Chunks::DEFAULT);
                 for (act_words, weight_words) in [
                     (2 * image_words, WEIGHT_CHUNK_WORDS),
                     (ACT_CHUNK_WORDS, 1),
