@@ -61,20 +61,16 @@ impl BatchNorm {
     /// otherwise. One fused op with its own backward (candle's gradients of
     /// broadcast channel vectors reduce over strided axes, which is slow).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_with(x, train, train)
+        self.forward_then(x, train, train, None)
     }
 
-    /// [`BatchNorm::forward`], updating the running statistics only when `update`
-    /// (a checkpointed block's recomputation must not count its batch twice).
-    pub fn forward_with(&self, x: &Tensor, train: bool, update: bool) -> Result<Tensor> {
-        self.forward_then(x, train, update, None)
-    }
-
-    /// [`BatchNorm::forward_with`] followed by `epilogue` (a clamp, or a clamp-pool-clamp
-    /// chain) in the same op, with the same values and gradients as the two ops: the
-    /// backward recomputes the normalised activations plane by plane from the input,
-    /// which the graph holds anyway, instead of keeping them (one input-sized tensor
-    /// less per batch norm in a step's graph, and one gradient less in its backward).
+    /// [`BatchNorm::forward`], updating the running statistics only when `update` (a
+    /// checkpointed block's recomputation must not count its batch twice), followed by
+    /// `epilogue` (a clamp, or a clamp-pool-clamp chain) in the same op, with the same
+    /// values and gradients as the two ops: the backward recomputes the normalised
+    /// activations plane by plane from the input, which the graph holds anyway, instead
+    /// of keeping them (one input-sized tensor less per batch norm in a step's graph,
+    /// and one gradient less in its backward).
     pub fn forward_then(
         &self,
         x: &Tensor,
@@ -339,6 +335,7 @@ impl CustomOp3 for BatchNormOp {
         let out_dims = epilogue.output_dims(dims)?;
         let out_plane = out_dims[2..].iter().product::<usize>();
         let mut y = zeros(dims[0] * c * out_plane);
+        let width = plane_size(dims).1;
         if out_plane > 0 {
             y.par_chunks_mut(out_plane)
                 .zip(x.par_chunks(inner))
@@ -347,7 +344,7 @@ impl CustomOp3 for BatchNormOp {
                     let (k, b) = self.affine(plane % c, &gamma, &beta);
                     normalised.clear();
                     normalised.extend(src.iter().map(|&v| v * k + b));
-                    epilogue.plane(normalised, dst, plane_size(dims).1);
+                    epilogue.plane(normalised, dst, width);
                 });
         }
         Ok((CpuStorage::F32(y), Shape::from(out_dims)))

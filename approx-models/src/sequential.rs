@@ -332,9 +332,7 @@ impl Step {
             Step::SelfAttention(a) => a.forward(h, ctx.mode),
             Step::Gelu => h.gelu_erf(),
             Step::ClassToken => h.narrow(1, 0, 1)?.squeeze(1),
-            Step::BatchNorm(bn) => {
-                bn.forward_with(h, ctx.train, ctx.train && ctx.pass == Pass::Forward)
-            }
+            Step::BatchNorm(bn) => batch_norm(bn, h, ctx, None),
             Step::Relu => pointwise::clamp(h, 0.0, f32::INFINITY),
             Step::Hardtanh { min, max } => pointwise::clamp(h, *min, *max),
             Step::AvgPool(k) => pointwise::avg_pool(h, *k),
@@ -462,9 +460,8 @@ fn run(steps: &[Step], x: &Tensor, ctx: Ctx) -> Result<Tensor> {
     let mut rest = steps;
     while let Some(step) = rest.first() {
         if let Step::BatchNorm(bn) = step {
-            let update = ctx.train && ctx.pass == Pass::Forward;
             let (epilogue, steps) = epilogue_at_start(&rest[1..]);
-            h = bn.forward_then(&h, ctx.train, update, epilogue)?;
+            h = batch_norm(bn, &h, ctx, epilogue)?;
             rest = &rest[1 + steps..];
         } else if let Some(chain) = PoolChain::at_start(rest) {
             h = pointwise::clamp_pool_clamp(&h, chain.pre, chain.k, chain.post)?;
@@ -475,6 +472,13 @@ fn run(steps: &[Step], x: &Tensor, ctx: Ctx) -> Result<Tensor> {
         }
     }
     Ok(h)
+}
+
+/// The batch norm `bn` on `h`, followed by `epilogue` in its op; the running
+/// statistics are updated in training, but not in a checkpoint's recomputation.
+fn batch_norm(bn: &BatchNorm, h: &Tensor, ctx: Ctx, epilogue: Option<Epilogue>) -> Result<Tensor> {
+    let update = ctx.train && ctx.pass == Pass::Forward;
+    bn.forward_then(h, ctx.train, update, epilogue)
 }
 
 /// The steps at the start of `steps` that a batch norm before them runs in its own op

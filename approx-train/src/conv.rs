@@ -509,18 +509,17 @@ fn backward_recomputed(
 }
 
 /// How a conv's input gradient is computed, one image at a time.
-enum InputGrad {
+enum InputGrad<'a> {
     /// Stride 1: a conv of the output gradient ([`InputGradConv`]).
     Conv(InputGradConv),
     /// Any conv: the columns `Wᵀ·g` scattered back ([`scatter_image`]), with the
     /// run weights' values.
-    Scatter(Vec<f32>),
+    Scatter(Cow<'a, [f32]>),
 }
 
-impl InputGrad {
-    fn new(geo: &ConvGeometry, weight: RunWeight<'_>) -> Self {
-        InputGradConv::new(geo, weight)
-            .map_or_else(|| Self::Scatter(weight.values().into_owned()), Self::Conv)
+impl<'a> InputGrad<'a> {
+    fn new(geo: &ConvGeometry, weight: RunWeight<'a>) -> Self {
+        InputGradConv::new(geo, weight).map_or_else(|| Self::Scatter(weight.values()), Self::Conv)
     }
 
     /// One image's input gradient into `dx` (zeros on entry) from its output gradient

@@ -44,7 +44,7 @@ pub fn inner_product(y: &Tensor, seed: &Tensor) -> Result<Tensor> {
 pub struct Block {
     /// The block's trained parameters, whose gradients go through the side channel.
     pub params: Vec<Var>,
-    /// The block's forward.
+    /// The block's two runs: its forward and its recomputation ([`BlockFn`]).
     pub forward: BlockFn,
 }
 
@@ -239,14 +239,12 @@ impl CustomOp1 for Checkpoint {
         };
         // The input is the previous block's output: its value is no longer needed, its
         // gradient goes to that block's backward, and the token gets a zero.
+        let dx = dx.ok_or_else(|| {
+            candle_core::Error::Msg("a checkpointed block's input received no gradient".into())
+        })?;
         let mut state = link.lock();
         state.value = None;
-        state.grad = dx;
-        if state.grad.is_none() {
-            return Err(candle_core::Error::Msg(
-                "a checkpointed block's input received no gradient".into(),
-            ));
-        }
+        state.grad = Some(dx);
         Ok(Some(Tensor::zeros(1, DType::F32, &Device::Cpu)?))
     }
 }

@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use crate::alloc::zeros;
 use crate::conv::FastConv2d;
 use crate::fixed_pattern::{add_to_sample, check_fits};
-use crate::ste::{hardware_value, take_hardware};
+use crate::ste::HardwareValue;
 use crate::storage::{f32_values, read_f32};
 use crate::surrogate::{split_shape, Output, Surrogate};
 
@@ -76,7 +76,7 @@ pub fn split_surrogate_conv2d_straight_through(
     input.apply_op2(
         weight,
         SplitSurrogateConv {
-            hardware: Some(Mutex::new(Some(hardware.detach()))),
+            hardware: Some(HardwareValue::new(hardware)),
             ..SplitSurrogateConv::new(params, surrogate, Output::GradientOnly)
         },
     )
@@ -110,10 +110,8 @@ struct SplitSurrogateConv {
     output: Output,
     /// Added to each sample's value.
     fixed_pattern: Option<Tensor>,
-    /// With [`Output::GradientOnly`], the value to return instead of zeros; taken by
-    /// the forward, so that the graph does not hold the kernel's output (one more
-    /// output-sized tensor per layer) until the backward.
-    hardware: Option<Mutex<Option<Tensor>>>,
+    /// With [`Output::GradientOnly`], the value to return instead of zeros.
+    hardware: Option<HardwareValue>,
     /// With [`Output::GradientOnly`], the gradient of the output to start the backward
     /// from, in place of the output (see [`split_surrogate_conv2d_seeded`]).
     seed: Option<Tensor>,
@@ -161,13 +159,10 @@ impl CustomOp2 for SplitSurrogateConv {
                 }
                 return Ok((CpuStorage::F32(vec![0.0]), Shape::from(())));
             }
-            let Some(slot) = &self.hardware else {
-                return Ok((CpuStorage::F32(zeros(shape.elem_count())), shape));
+            let value = match &self.hardware {
+                Some(hardware) => hardware.take(&shape)?,
+                None => zeros(shape.elem_count()),
             };
-            let hardware = take_hardware(slot)?;
-            let values = read_f32(&hardware);
-            let values = values.values("the straight-through conv's hardware value")?;
-            let value = hardware_value(&shape, hardware.shape(), values)?;
             return Ok((CpuStorage::F32(value), shape));
         }
         let op = "the split surrogate conv2d";

@@ -146,45 +146,52 @@ impl<Q: Quantize> CustomOp1 for StraightThroughMap<Q> {
 /// copied it.
 pub fn straight_through(surrogate: &Tensor, hardware: &Tensor) -> Result<Tensor> {
     surrogate.apply_op1(StraightThrough {
-        hardware: Mutex::new(Some(hardware.detach())),
+        hardware: HardwareValue::new(hardware),
     })
 }
 
-/// `accurate` mode's output value: the bit-accurate `values` (of `hardware`'s shape),
-/// owned, copied by the pool where borrowed, once they are checked to have the
-/// `surrogate`'s shape.
-pub(crate) fn hardware_value(
-    surrogate: &Shape,
-    hardware: &Shape,
-    values: Cow<'_, [f32]>,
-) -> Result<Vec<f32>> {
-    if surrogate != hardware {
-        return Err(candle_core::Error::Msg(format!(
-            "straight-through: surrogate shape {surrogate:?} differs from hardware shape {hardware:?}"
-        )));
+/// `accurate` mode's output value, held by a straight-through op until its one forward
+/// takes it ([`HardwareValue::take`]), so that the graph does not hold the kernel's
+/// output (one more output-sized tensor per layer) until the backward.
+pub(crate) struct HardwareValue(Mutex<Option<Tensor>>);
+
+impl HardwareValue {
+    /// The bit-accurate output `hardware`, read as a constant.
+    pub(crate) fn new(hardware: &Tensor) -> Self {
+        Self(Mutex::new(Some(hardware.detach())))
     }
-    Ok(match values {
-        Cow::Borrowed(values) => copied(values),
-        Cow::Owned(values) => values,
-    })
-}
 
-/// The hardware value of a straight-through op, which its one forward takes.
-pub(crate) fn take_hardware(slot: &Mutex<Option<Tensor>>) -> Result<Tensor> {
-    slot.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .ok_or_else(|| {
-            candle_core::Error::Msg(
-                "a straight-through op ran its forward twice (its hardware value is gone)".into(),
-            )
+    /// The values, owned (copied by the pool), once they are checked to have the
+    /// `surrogate`'s shape.
+    pub(crate) fn take(&self, surrogate: &Shape) -> Result<Vec<f32>> {
+        let hardware = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| {
+                candle_core::Error::Msg(
+                    "a straight-through op ran its forward twice (its hardware value is gone)"
+                        .into(),
+                )
+            })?;
+        if surrogate != hardware.shape() {
+            return Err(candle_core::Error::Msg(format!(
+                "straight-through: surrogate shape {surrogate:?} differs from hardware shape {:?}",
+                hardware.shape()
+            )));
+        }
+        let values = read_f32(&hardware);
+        Ok(match values.values("straight-through")? {
+            Cow::Borrowed(values) => copied(values),
+            Cow::Owned(values) => values,
         })
+    }
 }
 
 /// The op behind [`straight_through`], on the surrogate.
 struct StraightThrough {
-    /// The value, taken by the forward.
-    hardware: Mutex<Option<Tensor>>,
+    hardware: HardwareValue,
 }
 
 impl CustomOp1 for StraightThrough {
@@ -193,14 +200,10 @@ impl CustomOp1 for StraightThrough {
     }
 
     fn cpu_fwd(&self, _s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let hardware = take_hardware(&self.hardware)?;
-        let values = read_f32(&hardware);
-        let data = hardware_value(
-            l.shape(),
-            hardware.shape(),
-            values.values("straight-through")?,
-        )?;
-        Ok((CpuStorage::F32(data), l.shape().clone()))
+        Ok((
+            CpuStorage::F32(self.hardware.take(l.shape())?),
+            l.shape().clone(),
+        ))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
