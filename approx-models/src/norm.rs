@@ -6,6 +6,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 use crate::pointwise::Epilogue;
 use crate::store::{Init, ParamStore};
 use approx_train::alloc::zeros;
+use approx_train::recompute::Gradients;
 use approx_train::storage::{f32_values, read_f32};
 use rayon::prelude::*;
 
@@ -78,6 +79,43 @@ impl BatchNorm {
         update: bool,
         epilogue: Option<Epilogue>,
     ) -> Result<Tensor> {
+        let op = self.op(x, train, update, epilogue)?;
+        x.apply_op3(self.weight.as_tensor(), self.bias.as_tensor(), op)
+    }
+
+    /// A checkpointed block's recomputation of [`BatchNorm::forward_then`] (the
+    /// running statistics not updated), outside candle's graph: the value, and the
+    /// backward that turns the value's gradient into the gradients of `x`, γ and β.
+    pub fn recompute(
+        &self,
+        x: &Tensor,
+        train: bool,
+        epilogue: Option<Epilogue>,
+    ) -> Result<(Tensor, BatchNormBackward)> {
+        let op = self.op(x, train, false, epilogue)?;
+        let y = x.detach().apply_op3(
+            &self.weight.as_tensor().detach(),
+            &self.bias.as_tensor().detach(),
+            op.clone(),
+        )?;
+        let backward = BatchNormBackward {
+            op,
+            weight: self.weight.clone(),
+            bias: self.bias.clone(),
+        };
+        Ok((y, backward))
+    }
+
+    /// The op of [`BatchNorm::forward_then`]: the statistics it normalises with
+    /// (updating the running ones when `update`), the quantized affine map, the
+    /// epilogue.
+    fn op(
+        &self,
+        x: &Tensor,
+        train: bool,
+        update: bool,
+        epilogue: Option<Epilogue>,
+    ) -> Result<BatchNormOp> {
         let (n, c) = (x.dim(0)?, x.dim(1)?);
         let inner = x.elem_count() / (n * c).max(1);
         let (mean, var) = if train {
@@ -117,17 +155,35 @@ impl BatchNorm {
         } else {
             None
         };
-        x.apply_op3(
-            self.weight.as_tensor(),
-            self.bias.as_tensor(),
-            BatchNormOp {
-                mean,
-                inv_std,
-                batch_stats: train,
-                quantized,
-                epilogue,
-            },
-        )
+        Ok(BatchNormOp {
+            mean,
+            inv_std,
+            batch_stats: train,
+            quantized,
+            epilogue,
+        })
+    }
+}
+
+/// The backward of a batch norm recomputed outside candle's graph
+/// ([`BatchNorm::recompute`]).
+pub struct BatchNormBackward {
+    op: BatchNormOp,
+    weight: Var,
+    bias: Var,
+}
+
+impl BatchNormBackward {
+    /// The gradients of the recomputed batch norm on `x` for the gradient `grad` of
+    /// its value: `x`'s, γ's and β's, the op's backward bit for bit.
+    pub fn gradients(&self, x: &Tensor, grad: &Tensor) -> Result<Gradients> {
+        let (dx, dgamma, dbeta) =
+            self.op
+                .gradients(x, self.weight.as_tensor(), self.bias.as_tensor(), grad)?;
+        Ok(Gradients {
+            input: Some(dx),
+            params: vec![(self.weight.clone(), dgamma), (self.bias.clone(), dbeta)],
+        })
     }
 }
 
@@ -277,6 +333,7 @@ impl OutputGrad<'_> {
 /// `x·k_q + b_q` with the float op's gradient. With batch statistics the gradient
 /// flows through μ and the variance, as PyTorch's. An epilogue applies to `y` in the
 /// same op.
+#[derive(Clone)]
 struct BatchNormOp {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
@@ -358,6 +415,20 @@ impl CustomOp3 for BatchNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dgamma, dbeta) = self.gradients(x, gamma, beta, grad)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+impl BatchNormOp {
+    /// The gradients of `x`, γ and β for the output gradient `grad`.
+    fn gradients(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let dims = x.dims().to_vec();
         let (n, c, inner) = (dims[0], dims[1], dims[2..].iter().product::<usize>());
         let gm = gamma.to_vec1::<f32>()?;
@@ -406,18 +477,13 @@ impl CustomOp3 for BatchNormOp {
                 });
         }
         let dev = x.device();
+        let per_channel = |sums: Vec<f64>| {
+            Tensor::from_vec(sums.iter().map(|&v| v as f32).collect::<Vec<_>>(), c, dev)
+        };
         Ok((
-            Some(Tensor::from_vec(dx, dims, dev)?),
-            Some(Tensor::from_vec(
-                sum_gx.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-                c,
-                dev,
-            )?),
-            Some(Tensor::from_vec(
-                sum_g.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-                c,
-                dev,
-            )?),
+            Tensor::from_vec(dx, dims, dev)?,
+            per_channel(sum_gx)?,
+            per_channel(sum_g)?,
         ))
     }
 }

@@ -13,7 +13,7 @@ use approx_hw::{Conv2dParams, Layer};
 use approx_train::layer::HwLayer;
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
-use approx_train::recompute::{inner_product, Block, Recompute};
+use approx_train::recompute::{inner_product, Block, Recompute, Recomputed};
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
@@ -434,24 +434,55 @@ fn hw_step(
     y.reshape((n, t, out))
 }
 
-/// Runs a checkpointed block (see [`approx_train::recompute::BlockFn`]): its first
-/// run as [`run`], its recomputation as the scalar `⟨output, seed⟩`. A last step that
-/// is a hardware layer takes the seed itself ([`HwLayer::seeded_gradient`]): nothing
-/// reads a recomputed block's output value, only gradients flow through it, so with
-/// blocks that end at hardware layers the recomputation never runs a bit-accurate
-/// kernel, nor materialises the block's output.
-fn run_block(steps: &[Step], x: &Tensor, ctx: Ctx, seed: Option<&Tensor>) -> Result<Tensor> {
-    let Some(seed) = seed else {
-        return run(steps, x, ctx);
-    };
+/// A checkpointed block's recomputation in backward (see
+/// [`approx_train::recompute::BackwardFn`]). Nothing reads a recomputed block's output
+/// value, only gradients flow through it, so a last hardware layer runs for its
+/// gradients alone, from the seed, without its bit-accurate kernel and without
+/// materialising the block's output. A hardware layer with a graph-free backward
+/// ([`HwLayer::seeded_gradients`]), alone or after a batch norm and the clamps and
+/// pooling that its op runs, makes the block run its ops' backwards itself
+/// ([`Recomputed::Gradients`]): the seed, the normalised activations and each
+/// gradient are dropped as soon as they have been used (at a checkpointed VGG-16
+/// step's peak, candle's backward of the same ops held eight block-output-sized
+/// tensors). Other blocks give candle the scalar `⟨output, seed⟩`, with a last
+/// hardware layer's from [`HwLayer::seeded_gradient`].
+fn recompute_block(steps: &[Step], x: &Tensor, ctx: Ctx, seed: Tensor) -> Result<Recomputed> {
     let Some((Step::Hw(l), body)) = steps.split_last() else {
-        return inner_product(&run(steps, x, ctx)?, seed);
+        return inner_product(&run(steps, x, ctx)?, &seed).map(Recomputed::Scalar);
     };
+    if l.has_seeded_gradients() {
+        match body {
+            [] => {
+                return l
+                    .seeded_gradients(x, seed, x.is_variable())
+                    .map(Recomputed::Gradients)
+            }
+            [Step::BatchNorm(bn), rest @ ..] if epilogue_at_start(rest).1 == rest.len() => {
+                let (h, norm) = bn.recompute(x, ctx.train, epilogue_at_start(rest).0)?;
+                let layer = l.seeded_gradients(&h, seed, true)?;
+                drop(h);
+                let dh = layer.input.ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "layer `{}` gave no input gradient to its batch norm",
+                        l.name()
+                    ))
+                })?;
+                let mut grads = norm.gradients(x, &dh)?;
+                grads.params.extend(layer.params);
+                if !x.is_variable() {
+                    grads.input = None;
+                }
+                return Ok(Recomputed::Gradients(grads));
+            }
+            _ => {}
+        }
+    }
     let h = run(body, x, ctx)?;
     if h.rank() == 3 {
-        return inner_product(&hw_step(l, &h, HwLayer::forward_gradient_only)?, seed);
+        let y = hw_step(l, &h, HwLayer::forward_gradient_only)?;
+        return inner_product(&y, &seed).map(Recomputed::Scalar);
     }
-    l.seeded_gradient(&h, seed)
+    l.seeded_gradient(&h, &seed).map(Recomputed::Scalar)
 }
 
 /// Applies `steps` in order to `x`.
@@ -670,19 +701,24 @@ impl Model for Sequential {
                     .flat_map(Step::params)
                     .collect();
                 let (steps, range) = (self.steps.clone(), range.clone());
+                let recomputed = Ctx {
+                    pass: Pass::Recompute,
+                    values_only: false,
+                    ..ctx
+                };
+                let forward_steps = steps.clone();
+                let forward_range = range.clone();
                 Block {
                     params,
-                    forward: Arc::new(move |t: &Tensor, seed: Option<&Tensor>| {
-                        let (pass, values_only) = match seed {
-                            None => (Pass::Forward, true),
-                            Some(_) => (Pass::Recompute, false),
-                        };
+                    forward: Arc::new(move |t: &Tensor| {
                         let ctx = Ctx {
-                            pass,
-                            values_only,
+                            values_only: true,
                             ..ctx
                         };
-                        run_block(&steps[range.clone()], t, ctx, seed)
+                        run(&forward_steps[forward_range.clone()], t, ctx)
+                    }),
+                    backward: Arc::new(move |t: &Tensor, seed: Tensor| {
+                        recompute_block(&steps[range.clone()], t, recomputed, seed)
                     }),
                 }
             })

@@ -124,12 +124,13 @@ impl FastConv2d {
         weight: &Tensor,
         grad: &[f32],
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        self.backward_with(input, weight, |geo, x, run_weight, with_input_grad| {
+        let with_input_grad = input.track_op();
+        self.backward_with(input, weight, |geo, x, run_weight| {
             backward(geo, x, run_weight, grad, with_input_grad)
         })
     }
 
-    /// The input (when `input` is tracked) and weight gradients of `f(conv(input,
+    /// The input (when `with_input_grad`) and weight gradients of `f(conv(input,
     /// weight))` for an `f` that acts on each image's outputs alone, where
     /// `to_gradient(n, outputs)` overwrites image `n`'s outputs (`[O, H·W]`, `[2O,
     /// H·W]` for split polarities) with their gradient. The outputs are computed image
@@ -141,9 +142,10 @@ impl FastConv2d {
         &self,
         input: &Tensor,
         weight: &Tensor,
+        with_input_grad: bool,
         to_gradient: impl Fn(usize, &mut [f32]) + Sync,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        self.backward_with(input, weight, |geo, x, run_weight, with_input_grad| {
+        self.backward_with(input, weight, |geo, x, run_weight| {
             if whole_batch_weight_grad(geo) {
                 // That weight gradient needs every image's output gradient at once.
                 let mut grad = forward(geo, x, run_weight);
@@ -156,26 +158,20 @@ impl FastConv2d {
         })
     }
 
-    /// Runs `backward(geometry, input values, run weight values, with input
-    /// gradient)` and returns its gradients as tensors (the weight's folded back from
+    /// Runs `backward(geometry, input values, run weight values)` and returns its gradients as tensors (the weight's folded back from
     /// its split polarities).
     fn backward_with(
         &self,
         input: &Tensor,
         weight: &Tensor,
-        backward: impl FnOnce(
-            &ConvGeometry,
-            &[f32],
-            RunWeight<'_>,
-            bool,
-        ) -> (Option<Vec<f32>>, Vec<f32>),
+        backward: impl FnOnce(&ConvGeometry, &[f32], RunWeight<'_>) -> (Option<Vec<f32>>, Vec<f32>),
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let op = "fast conv2d backward";
         let (x, w) = (read_f32(input), read_f32(weight));
         let w = w.values(op)?;
         let geo = self.geometry(input.dims(), weight.shape())?;
         let run_weight = RunWeight::new(&w, self.polarities);
-        let (dx, dw) = backward(&geo, &x.values(op)?, run_weight, input.track_op());
+        let (dx, dw) = backward(&geo, &x.values(op)?, run_weight);
         let dw = if self.polarities {
             fold_gradient(&w, &dw)
         } else {

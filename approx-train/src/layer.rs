@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use approx_hw::analog::AnalogOp;
 use approx_hw::rng::mix;
-use approx_hw::{sc, ErrorModel, HwSpec, Layer, PartialSums};
+use approx_hw::{sc, Conv2dParams, ErrorModel, HwSpec, Layer, PartialSums};
 use candle_core::{Result, Tensor, Var};
 
 use crate::calibration::{
@@ -15,9 +15,10 @@ use crate::calibration::{
 use crate::fixed_pattern::add_fixed_pattern;
 use crate::mode::ExecMode;
 use crate::polarity::split_polarities;
-use crate::recompute::inner_product;
+use crate::recompute::{inner_product, Gradients};
 use crate::split_conv::{
-    split_surrogate_conv2d, split_surrogate_conv2d_seeded, split_surrogate_conv2d_straight_through,
+    split_surrogate_conv2d, split_surrogate_conv2d_seeded, split_surrogate_conv2d_seeded_gradients,
+    split_surrogate_conv2d_straight_through,
 };
 use crate::ste::{straight_through, OperandQuantizer, Quantize, Quantizer, StreamQuantizer};
 use crate::surrogate::{Injection, Output, Surrogate};
@@ -263,21 +264,70 @@ impl HwLayer {
     /// checkpointed step's peak.
     pub fn seeded_gradient(&self, x: &Tensor, seed: &Tensor) -> Result<Tensor> {
         let state = self.state();
-        let seeded_conv = match (&self.hw, self.op, self.model.partial_sums(), &self.bias) {
-            (HwSpec::Sc(_), Layer::Conv2d(params), PartialSums::SplitWeights, None) => {
-                gradient_only_injection(&state).map(|inject| (params, inject))
-            }
-            _ => None,
-        };
-        let Some((params, inject)) = seeded_conv else {
+        let Some((params, surrogate)) = self.seeded_conv(&state) else {
             return inner_product(&self.forward_gradient_only(x)?, seed);
         };
         let (x, w) = self.operands(x, state.mode)?;
-        let surrogate = Surrogate {
-            model: self.model,
-            injection: self.injection(inject, 0),
-        };
         split_surrogate_conv2d_seeded(&x, &w, params, surrogate, seed)
+    }
+
+    /// The gradients of [`HwLayer::seeded_gradient`]'s scalar, computed now, outside
+    /// candle's graph: `x`'s (when `with_input_grad`) and the weight's; `seed` is
+    /// dropped before this returns. For a recomputed block that runs its ops'
+    /// backwards itself ([`crate::recompute::Recomputed::Gradients`]). Only an SC conv
+    /// without bias has this form (its op's backward runs on the quantized operands,
+    /// whose straight-through gradients are the identity): see
+    /// [`HwLayer::has_seeded_gradients`]; other layers' gradients come from candle's
+    /// backward of the scalar.
+    pub fn seeded_gradients(
+        &self,
+        x: &Tensor,
+        seed: Tensor,
+        with_input_grad: bool,
+    ) -> Result<Gradients> {
+        let state = self.state();
+        let Some((params, surrogate)) = self.seeded_conv(&state) else {
+            return Err(err(format!(
+                "layer `{}` has no graph-free seeded backward in {} mode",
+                self.name,
+                state.mode.name()
+            )));
+        };
+        let (x, w) = self.operands(&x.detach(), state.mode)?;
+        let (dx, dw) = split_surrogate_conv2d_seeded_gradients(
+            &x,
+            &w.detach(),
+            params,
+            surrogate,
+            seed,
+            with_input_grad,
+        )?;
+        Ok(Gradients {
+            input: dx,
+            params: vec![(self.weight.clone(), dw)],
+        })
+    }
+
+    /// Whether [`HwLayer::seeded_gradients`] serves the layer in its current mode.
+    pub fn has_seeded_gradients(&self) -> bool {
+        self.seeded_conv(&self.state()).is_some()
+    }
+
+    /// The conv and surrogate of [`HwLayer::seeded_gradient`]'s one-op form: an SC
+    /// conv of split weights without bias, in a mode whose gradient-only forward is
+    /// the surrogate's.
+    fn seeded_conv(&self, state: &LayerState) -> Option<(Conv2dParams, Surrogate)> {
+        match (&self.hw, self.op, self.model.partial_sums(), &self.bias) {
+            (HwSpec::Sc(_), Layer::Conv2d(params), PartialSums::SplitWeights, None) => {
+                let inject = gradient_only_injection(state)?;
+                let surrogate = Surrogate {
+                    model: self.model,
+                    injection: self.injection(inject, 0),
+                };
+                Some((params, surrogate))
+            }
+            _ => None,
+        }
     }
 
     /// The injection of the calibrated error `inject` (with its step) into unit `unit`

@@ -1,6 +1,7 @@
 //! Gradient checkpointing of whole blocks: a block's forward runs without keeping its
-//! intermediate activations; backward recomputes them from the block's input and runs
-//! a nested backward. Parameter gradients leave the nested backward through a side
+//! intermediate activations; backward recomputes them from the block's input and
+//! takes their gradients, through a nested candle backward or by running the block's
+//! ops' backwards itself ([`Recomputed`]). Parameter gradients leave the nested backward through a side
 //! channel and are merged into the step's gradients with [`Recompute::merge_into`],
 //! or, with a sink set ([`Recompute::set_sink`]), are sent to the optimizer as soon as
 //! the block's backward ends, so that the whole model's gradients are never in memory
@@ -23,17 +24,41 @@ use crate::storage::{f32_values, read_f32};
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, Var};
 
-/// A block's two runs on its input. `None`: the step's forward, which returns the
-/// block's output (nothing differentiates it; side effects such as batch-norm running
-/// statistics happen here). `Some(seed)`: the recomputation in backward, on the
-/// tracked input, which returns a scalar whose gradients are those of `⟨output, seed⟩`
-/// (the seed is the gradient of the block's output), with no side effects;
-/// [`inner_product`] makes it from the output, and a block whose last op can take the
-/// seed itself need not materialise its output at all.
-pub type BlockFn = Arc<dyn Fn(&Tensor, Option<&Tensor>) -> Result<Tensor> + Send + Sync>;
+/// A block's forward in the step: its output from its input. Nothing differentiates
+/// it; side effects such as batch-norm running statistics happen here.
+pub type ForwardFn = Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+
+/// A block's recomputation in backward, from its input (a variable when the input's
+/// gradient is wanted) and its seed (the gradient of the block's output, handed over
+/// so that the recomputation can drop it as soon as it has used it), with no side
+/// effects: the gradients of `⟨output, seed⟩` ([`Recomputed`]).
+pub type BackwardFn = Arc<dyn Fn(&Tensor, Tensor) -> Result<Recomputed> + Send + Sync>;
+
+/// What a block's recomputation ([`BackwardFn`]) gives.
+pub enum Recomputed {
+    /// `⟨output, seed⟩` as a scalar on a graph over the input and the parameters,
+    /// whose gradients candle's backward takes. [`inner_product`] makes it from the
+    /// output; a block whose last op can take the seed itself need not materialise
+    /// its output at all.
+    Scalar(Tensor),
+    /// The gradients themselves, computed outside candle's graph by a block that runs
+    /// its own ops' backwards in turn: each intermediate tensor is dropped as soon as
+    /// it has been used, and no gradient is accumulated into a zeroed tensor (candle's
+    /// backward keeps every node of the graph until it ends, and adds each gradient
+    /// to zeros of its size).
+    Gradients(Gradients),
+}
+
+/// Gradients computed outside candle's graph (see [`Recomputed::Gradients`]).
+pub struct Gradients {
+    /// The input's gradient (`None` when it was not asked for).
+    pub input: Option<Tensor>,
+    /// Each parameter's gradient.
+    pub params: Vec<(Var, Tensor)>,
+}
 
 /// `⟨y, seed⟩` as a scalar whose gradient with respect to `y` is `seed` (see
-/// [`BlockFn`]).
+/// [`Recomputed::Scalar`]).
 pub fn inner_product(y: &Tensor, seed: &Tensor) -> Result<Tensor> {
     y.apply_op1(InnerProduct {
         with: seed.detach(),
@@ -44,8 +69,10 @@ pub fn inner_product(y: &Tensor, seed: &Tensor) -> Result<Tensor> {
 pub struct Block {
     /// The block's trained parameters, whose gradients go through the side channel.
     pub params: Vec<Var>,
-    /// The block's two runs: its forward and its recomputation ([`BlockFn`]).
-    pub forward: BlockFn,
+    /// The block's forward in the step.
+    pub forward: ForwardFn,
+    /// The block's recomputation in backward.
+    pub backward: BackwardFn,
 }
 
 /// The activation between two blocks of a chain, outside candle's graph: the first
@@ -117,7 +144,8 @@ impl Recompute {
         for (i, block) in blocks.into_iter().enumerate() {
             let output = (i + 1 < count).then(Link::default);
             h = h.apply_op1(Checkpoint {
-                block: block.forward,
+                forward: block.forward,
+                backward: block.backward,
                 params: block.params,
                 data: data && i == 0,
                 input: input.take(),
@@ -159,7 +187,8 @@ fn lock(outlet: &Mutex<Outlet>) -> std::sync::MutexGuard<'_, Outlet> {
 }
 
 struct Checkpoint {
-    block: BlockFn,
+    forward: ForwardFn,
+    backward: BackwardFn,
     params: Vec<Var>,
     /// The block's input is data: no gradient flows back into it.
     data: bool,
@@ -186,7 +215,7 @@ impl CustomOp1 for Checkpoint {
                 Tensor::from_vec(data, layout.shape(), &Device::Cpu)?
             }
         };
-        let y = (self.block)(&x, None)?.detach();
+        let y = (self.forward)(&x)?.detach();
         drop(x);
         let shape = y.shape().clone();
         let values = y.flatten_all()?.to_vec1::<f32>()?;
@@ -214,17 +243,28 @@ impl CustomOp1 for Checkpoint {
             None if self.data => arg.detach(),
             None => Var::from_tensor(&arg.detach())?.as_tensor().clone(),
         };
-        let y = (self.block)(&x, Some(&grad))?;
-        let grads = y.backward()?;
-        let mut keep = GradStore::default();
-        for p in &self.params {
-            if let Some(g) = grads.get(p) {
-                keep.insert(p, g.detach());
+        let (keep, dx) = match (self.backward)(&x, grad)? {
+            Recomputed::Scalar(y) => {
+                let grads = y.backward()?;
+                let mut keep = GradStore::default();
+                for p in &self.params {
+                    if let Some(g) = grads.get(p) {
+                        keep.insert(p, g.detach());
+                    }
+                }
+                let dx = grads.get(&x).map(Tensor::detach);
+                (keep, dx)
             }
-        }
-        let dx = grads.get(&x).map(Tensor::detach);
+            Recomputed::Gradients(Gradients { input, params }) => {
+                let mut keep = GradStore::default();
+                for (p, g) in params {
+                    keep.insert(&p, g);
+                }
+                (keep, input)
+            }
+        };
         // The nested graph goes before a sink's receiver updates the parameters.
-        drop((grads, y, x));
+        drop(x);
         let sink = lock(&self.outlet).sink.clone();
         match sink {
             Some(sink) => sink.send(keep).map_err(|_| {
@@ -299,7 +339,8 @@ mod tests {
 
     /// A chain of three blocks (two links) gives the plain graph's parameter
     /// gradients, bit for bit, on data and on a tracked input (whose gradient also
-    /// matches); the middle block starts with a parameter-free op.
+    /// matches); the middle block starts with a parameter-free op and returns its
+    /// gradients itself ([`Recomputed::Gradients`]), the others a scalar.
     #[test]
     fn checkpointed_gradients_equal_plain_ones() {
         let dev = Device::Cpu;
@@ -320,15 +361,25 @@ mod tests {
             &dev,
         )
         .unwrap();
-        let block = |i: usize| -> BlockFn {
+        let forward = |i: usize| -> ForwardFn {
             let w = ws[i].clone();
-            Arc::new(move |t: &Tensor, seed: Option<&Tensor>| {
+            Arc::new(move |t: &Tensor| {
                 let t = if i == 1 { t.tanh()? } else { t.clone() };
-                let y = t.matmul(&w)?.tanh()?;
-                match seed {
-                    Some(seed) => inner_product(&y, seed),
-                    None => Ok(y),
+                t.matmul(&w)?.tanh()
+            })
+        };
+        let backward = |i: usize| -> BackwardFn {
+            let (w, run) = (ws[i].clone(), forward(i));
+            Arc::new(move |t: &Tensor, seed: Tensor| {
+                let scalar = inner_product(&run(t)?, &seed)?;
+                if i != 1 {
+                    return Ok(Recomputed::Scalar(scalar));
                 }
+                let grads = scalar.backward()?;
+                Ok(Recomputed::Gradients(Gradients {
+                    input: grads.get(t).cloned(),
+                    params: vec![(w.clone(), grads.get(&w).cloned().unwrap())],
+                }))
             })
         };
         for tracked in [false, true] {
@@ -339,14 +390,15 @@ mod tests {
             };
             let mut h = x.clone();
             for i in 0..3 {
-                h = block(i)(&h, None).unwrap();
+                h = forward(i)(&h).unwrap();
             }
             let g_plain = h.sqr().unwrap().sum_all().unwrap().backward().unwrap();
             let rc = Recompute::default();
             let blocks = (0..3)
                 .map(|i| Block {
                     params: vec![ws[i].clone()],
-                    forward: block(i),
+                    forward: forward(i),
+                    backward: backward(i),
                 })
                 .collect();
             let y = rc.chain(&x, blocks).unwrap();

@@ -103,6 +103,33 @@ pub fn split_surrogate_conv2d_seeded(
     )
 }
 
+/// The gradients of [`split_surrogate_conv2d_seeded`]'s scalar, computed now, outside
+/// candle's graph: the input's (when `with_input_grad`) and the weight's; `seed` is
+/// dropped on return, before the caller goes on. For a recomputed block that runs its
+/// ops' backwards itself ([`crate::recompute::Recomputed::Gradients`]).
+pub fn split_surrogate_conv2d_seeded_gradients(
+    input: &Tensor,
+    weight: &Tensor,
+    params: Conv2dParams,
+    surrogate: Surrogate,
+    seed: Tensor,
+    with_input_grad: bool,
+) -> Result<(Option<Tensor>, Tensor)> {
+    let op = SplitSurrogateConv::new(params, surrogate, Output::GradientOnly);
+    let (_, shape) = split_shape(&op.conv.output_shape(input.dims(), weight.shape())?)?;
+    if seed.shape() != &shape {
+        return Err(candle_core::Error::Msg(format!(
+            "split surrogate conv2d: seed shape {:?} differs from output shape {shape:?}",
+            seed.dims()
+        )));
+    }
+    let (dx, dw) = op.seeded_backward(input, weight, seed, with_input_grad)?;
+    let dw = dw.ok_or_else(|| {
+        candle_core::Error::Msg("split surrogate conv2d: no weight gradient".into())
+    })?;
+    Ok((dx, dw))
+}
+
 /// The op behind [`split_surrogate_conv2d`].
 struct SplitSurrogateConv {
     conv: FastConv2d,
@@ -203,18 +230,37 @@ impl CustomOp2 for SplitSurrogateConv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = read_f32(self.seed.as_ref().unwrap_or(grad));
-        let g = g.values("the split surrogate conv2d's backward")?;
-        let (half, _) = split_shape(&self.conv.output_shape(input.dims(), weight.shape())?)?;
         let kept = self.local.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut local) = kept {
+            let g = read_f32(grad);
+            let g = g.values("the split surrogate conv2d's backward")?;
+            let (half, _) = split_shape(&self.conv.output_shape(input.dims(), weight.shape())?)?;
             Surrogate::split_backward_from_local(&mut local, &g, half);
             return self.conv.gradients(input, weight, &local);
         }
-        self.conv.recomputed_gradients(input, weight, |n, sums| {
-            self.surrogate
-                .split_backward(sums, &g[n * half..][..half], half)
-        })
+        let g = self.seed.as_ref().unwrap_or(grad).clone();
+        self.seeded_backward(input, weight, g, input.track_op())
+    }
+}
+
+impl SplitSurrogateConv {
+    /// The gradients for the output gradient `g`, the sums recomputed image by image
+    /// (see [`FastConv2d::recomputed_gradients`]).
+    fn seeded_backward(
+        &self,
+        input: &Tensor,
+        weight: &Tensor,
+        g: Tensor,
+        with_input_grad: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (half, _) = split_shape(&self.conv.output_shape(input.dims(), weight.shape())?)?;
+        let values = read_f32(&g);
+        let values = values.values("the split surrogate conv2d's backward")?;
+        self.conv
+            .recomputed_gradients(input, weight, with_input_grad, |n, sums| {
+                self.surrogate
+                    .split_backward(sums, &values[n * half..][..half], half)
+            })
     }
 }
 
