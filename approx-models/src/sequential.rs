@@ -798,6 +798,49 @@ mod tests {
         }
     }
 
+    /// In a checkpointed SC TinyConv every block (a conv alone, or a batch norm with
+    /// its clamps and pooling, then a conv) runs its ops' backwards itself; analog
+    /// blocks give candle the scalar. (Their gradients equal the plain step's: the
+    /// `checkpointed_segments_give_the_plain_gradients_and_statistics` test.)
+    #[test]
+    fn sc_blocks_run_their_own_backward() {
+        for (spec, own) in [("sc:len=16,acc=or2", true), ("analog", false)] {
+            let hw = crate::HwMap::All(spec.parse().unwrap());
+            let mut net = crate::build(
+                crate::ModelKind::TinyConv,
+                (3, 32, 32),
+                10,
+                &hw,
+                ExecMode::Accurate,
+                0,
+            )
+            .unwrap();
+            net.set_checkpoint_segments(4);
+            let ctx = Ctx {
+                pass: Pass::Recompute,
+                ..net.context(true, false)
+            };
+            let mut h = Tensor::rand(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+            for block in net.checkpoint_segments().to_vec() {
+                let steps = &net.steps[block.clone()];
+                let y = run(steps, &h, ctx).unwrap().detach();
+                let x = Var::from_tensor(&h).unwrap();
+                let seed = y.ones_like().unwrap();
+                let got = recompute_block(steps, x.as_tensor(), ctx, seed).unwrap();
+                let Recomputed::Gradients(grads) = got else {
+                    assert!(!own, "{spec} {block:?}: scalar");
+                    h = y;
+                    continue;
+                };
+                assert!(own, "{spec} {block:?}: gradients");
+                assert_eq!(grads.input.unwrap().dims(), h.dims());
+                let params = steps.iter().flat_map(Step::params).count();
+                assert_eq!(grads.params.len(), params, "{spec} {block:?}");
+                h = y;
+            }
+        }
+    }
+
     #[test]
     fn padded_average_pooling_matches_candle_on_a_zero_padded_input() {
         let x = Tensor::rand(0f32, 1f32, (2, 3, 9, 8), &Device::Cpu).unwrap();

@@ -261,6 +261,8 @@ fn checkpointed_segments_give_the_plain_gradients_and_statistics() {
     for (hw, mode) in [
         ("sc:len=16,acc=or2", ExecMode::Accurate),
         ("sc:len=16,acc=or2", ExecMode::Inject),
+        ("sc:len=16,acc=or2", ExecMode::ApproxFn),
+        ("analog", ExecMode::ApproxFn),
         ("analog", ExecMode::Accurate),
         ("mult:design=drum4", ExecMode::Accurate),
         ("fxp", ExecMode::Accurate),

@@ -56,13 +56,14 @@ fn err(msg: String) -> candle_core::Error {
     candle_core::Error::Msg(msg)
 }
 
-/// What a layer's forward for its gradient alone injects, by mode: in `accurate` mode
-/// nothing (`Some(None)`), in `inject` mode between calibrations the calibrated bias
-/// without the noise (its slope is in the gradient); `None` in other modes, whose
-/// gradient-only forward is the plain one.
+/// What a layer's forward for its gradient alone injects, by mode: in `accurate` and
+/// `approx-fn` modes nothing (`Some(None)`), in `inject` mode between calibrations the
+/// calibrated bias without the noise (its slope is in the gradient); `None` in other
+/// modes (`float`, and `inject` while calibrating), whose gradient-only forward is the
+/// plain one.
 fn gradient_only_injection(state: &LayerState) -> Option<Option<(Calibration, u64)>> {
     match state.mode {
-        ExecMode::Accurate => Some(None),
+        ExecMode::Accurate | ExecMode::ApproxFn => Some(None),
         ExecMode::Inject if !state.calibrate_next => Some(state.calibration.map(|c| {
             let bias_only = Calibration {
                 std: [0.0; DEGREE + 1],
@@ -245,8 +246,9 @@ impl HwLayer {
     /// The forward of a layer whose output value nothing reads, only gradients through
     /// it (the last layer of a recomputed checkpoint block): the surrogate without
     /// what gives only the value, the same gradient. In `accurate` mode that is the
-    /// bit-accurate kernel, in `inject` mode the noise (the calibrated bias stays: its
-    /// slope is in the gradient); other modes are [`HwLayer::forward`].
+    /// bit-accurate kernel, in `approx-fn` mode the surrogate's value, in `inject` mode
+    /// the noise too (the calibrated bias stays: its slope is in the gradient); `float`
+    /// mode is [`HwLayer::forward`].
     pub fn forward_gradient_only(&self, x: &Tensor) -> Result<Tensor> {
         let state = self.state();
         let Some(inject) = gradient_only_injection(&state) else {
