@@ -246,12 +246,27 @@ pub(crate) fn gemm_rm(
     m: usize,
     n: usize,
     k: usize,
-    (a, a_t): (&[f32], bool),
-    (b, b_t): (&[f32], bool),
+    a: (&[f32], bool),
+    b: (&[f32], bool),
     c: &mut [f32],
     accumulate: bool,
 ) {
-    debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    gemm_rm_into(m, n, k, a, b, (c, n), accumulate);
+}
+
+/// [`gemm_rm`] into the first `n` columns of a row-major `C` whose rows are `ldc`
+/// values apart (`ldc ≥ n`): a block of columns of a wider matrix.
+fn gemm_rm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    (a, a_t): (&[f32], bool),
+    (b, b_t): (&[f32], bool),
+    (c, ldc): (&mut [f32], usize),
+    accumulate: bool,
+) {
+    debug_assert!(a.len() >= m * k && b.len() >= k * n && ldc >= n);
+    debug_assert!(m == 0 || c.len() >= (m - 1) * ldc + n);
     // Element (i, j) of A is a[i·rs + j·cs]; a transposed operand swaps the strides.
     let (a_rs, a_cs) = if a_t {
         (1, m as isize)
@@ -271,7 +286,7 @@ pub(crate) fn gemm_rm(
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            ldc as isize,
             accumulate,
             a.as_ptr(),
             a_cs,
@@ -648,15 +663,37 @@ fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
 /// GEMM's blocking, and with it the rounding, does not depend on the thread count.
 const WEIGHT_GRAD_ROWS: usize = 64;
 
+/// Most receptive-field values [`weight_grad_by_rows`] unfolds at once (4 Mi values,
+/// 16 MiB): on VGG-16's 512-channel 4x4 maps at batch 128 the whole batch's were 36
+/// MiB, more than the weight gradient itself.
+const BY_ROWS_FIELD_VALUES: usize = 1 << 22;
+
+/// Fewest fan-in rows in a group of [`weight_grad_by_rows`] that has others: the
+/// `gemm` crate blocks the reduction by the problem's size when both of its sides are
+/// at most 64, and a group that small would round differently from the whole product.
+const BY_ROWS_MIN_ROWS: usize = 65;
+
 /// `dW = G · Colᵀ` with the whole batch as the reduction: `G` is the output gradient
 /// as `O x N·P` and `Col` the batch's receptive fields as `K x N·P`, both smaller than
 /// one partial `dW` where this runs. Rows of `dW` are computed in parallel, each
-/// summed over the batch in one order.
+/// summed over the batch in one order; `Col` is unfolded a few input channels at a
+/// time (at most [`BY_ROWS_FIELD_VALUES`] values, at least [`BY_ROWS_MIN_ROWS`] rows),
+/// each group of channels giving its block of `dW`'s columns, bit for bit the whole
+/// product's.
 fn weight_grad_by_rows(geo: &ConvGeometry, input: &[f32], grad: &[f32]) -> Vec<f32> {
+    weight_grad_by_rows_within(geo, input, grad, BY_ROWS_FIELD_VALUES)
+}
+
+/// [`weight_grad_by_rows`] unfolding at most `field_values` values at once (at least
+/// [`BY_ROWS_MIN_ROWS`] rows' worth of input channels).
+fn weight_grad_by_rows_within(
+    geo: &ConvGeometry,
+    input: &[f32],
+    grad: &[f32],
+    field_values: usize,
+) -> Vec<f32> {
     let (fan_in, out_ch, pixels) = (geo.fan_in(), geo.out_channels, geo.out_pixels());
     let columns = geo.batch * pixels;
-    let mut cols = vec![0f32; fan_in * columns];
-    im2col(geo, input, 0..columns, &mut cols);
     let mut g = vec![0f32; out_ch * columns];
     for (n, image) in grad.chunks_exact(out_ch * pixels).enumerate() {
         for (o, row) in image.chunks_exact(pixels).enumerate() {
@@ -664,12 +701,49 @@ fn weight_grad_by_rows(geo: &ConvGeometry, input: &[f32], grad: &[f32]) -> Vec<f
         }
     }
     let mut dw = vec![0f32; out_ch * fan_in];
-    dw.par_chunks_mut(WEIGHT_GRAD_ROWS * fan_in)
-        .zip(g.par_chunks(WEIGHT_GRAD_ROWS * columns))
-        .for_each(|(dw, g)| {
-            let rows = dw.len() / fan_in;
-            gemm_rm(rows, fan_in, columns, (g, false), (&cols, true), dw, false);
-        });
+    let per_channel = geo.kernel.0 * geo.kernel.1;
+    let fewest = BY_ROWS_MIN_ROWS.div_ceil(per_channel.max(1));
+    let group = (field_values / (per_channel * columns).max(1)).max(fewest);
+    let plane = geo.in_size.0 * geo.in_size.1;
+    let mut cols = Vec::new();
+    let mut part = Vec::new();
+    let mut first = 0;
+    while first < geo.in_channels {
+        // A last group below the fewest rows joins this one.
+        let left = geo.in_channels - first;
+        let channels = if left < group + fewest { left } else { group };
+        let part_geo = ConvGeometry {
+            in_channels: channels,
+            ..*geo
+        };
+        let part_input = if channels == geo.in_channels {
+            input
+        } else {
+            part.clear();
+            for image in input.chunks_exact(geo.in_channels * plane) {
+                part.extend_from_slice(&image[first * plane..][..channels * plane]);
+            }
+            &part
+        };
+        let rows = channels * per_channel;
+        cols.resize(rows * columns, 0.0);
+        im2col(&part_geo, part_input, 0..columns, &mut cols);
+        dw.par_chunks_mut(WEIGHT_GRAD_ROWS * fan_in)
+            .zip(g.par_chunks(WEIGHT_GRAD_ROWS * columns))
+            .for_each(|(dw, g)| {
+                let out = dw.len() / fan_in;
+                gemm_rm_into(
+                    out,
+                    rows,
+                    columns,
+                    (g, false),
+                    (&cols, true),
+                    (&mut dw[first * per_channel..], fan_in),
+                    false,
+                );
+            });
+        first += channels;
+    }
     dw
 }
 
@@ -744,6 +818,34 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap()
             / scale
+    }
+
+    /// The whole-batch weight gradient unfolded a few input channels at a time equals
+    /// the one-pass gradient bit for bit: groups that do not divide the channels (a
+    /// short last one joins the one before), reductions longer than 512 columns, few
+    /// and many output channels, strides and paddings.
+    #[test]
+    fn weight_gradient_by_channel_groups_equals_one_pass() {
+        let cases = [
+            ([8, 64, 4, 4], [128, 64, 3, 3], (1, 1), (1, 1)),
+            ([40, 30, 4, 4], [7, 30, 3, 3], (1, 1), (1, 1)),
+            ([9, 40, 9, 7], [70, 40, 3, 2], (2, 1), (0, 1)),
+            ([3, 23, 5, 5], [33, 23, 4, 4], (1, 1), (0, 0)),
+        ];
+        for (i, (xs, ws, stride, padding)) in cases.into_iter().enumerate() {
+            let geo = geometry(&xs, &ws, Conv2dParams { stride, padding }).unwrap();
+            let input = rand(&xs, i as u64).flatten_all().unwrap();
+            let input = input.to_vec1::<f32>().unwrap();
+            let grad = rand(&geo.out_shape(), 10 + i as u64).flatten_all().unwrap();
+            let grad = grad.to_vec1::<f32>().unwrap();
+            let one_pass = weight_grad_by_rows_within(&geo, &input, &grad, usize::MAX);
+            let per_channel = ws[2] * ws[3] * geo.batch * geo.out_pixels();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for channels in [1, 8, 9, 10, 17] {
+                let got = weight_grad_by_rows_within(&geo, &input, &grad, channels * per_channel);
+                assert_eq!(bits(&got), bits(&one_pass), "case {i}, {channels} channels");
+            }
+        }
     }
 
     #[test]
