@@ -454,13 +454,12 @@ fn recompute_block(steps: &[Step], x: &Tensor, ctx: Ctx, seed: Tensor) -> Result
         match body {
             [] => {
                 return l
-                    .seeded_gradients(x, seed, x.is_variable())
+                    .seeded_gradients(x.clone(), seed, x.is_variable())
                     .map(Recomputed::Gradients)
             }
             [Step::BatchNorm(bn), rest @ ..] if epilogue_at_start(rest).1 == rest.len() => {
                 let (h, norm) = bn.recompute(x, ctx.train, epilogue_at_start(rest).0)?;
-                let layer = l.seeded_gradients(&h, seed, true)?;
-                drop(h);
+                let layer = l.seeded_gradients(h, seed, true)?;
                 let dh = layer.input.ok_or_else(|| {
                     candle_core::Error::Msg(format!(
                         "layer `{}` gave no input gradient to its batch norm",

@@ -274,8 +274,9 @@ impl HwLayer {
     }
 
     /// The gradients of [`HwLayer::seeded_gradient`]'s scalar, computed now, outside
-    /// candle's graph: `x`'s (when `with_input_grad`) and the weight's; `seed` is
-    /// dropped before this returns. For a recomputed block that runs its ops'
+    /// candle's graph: `x`'s (when `with_input_grad`) and the weight's. `x` is dropped
+    /// once quantized, `seed` before this returns (a caller that hands over its last
+    /// handles frees them there). For a recomputed block that runs its ops'
     /// backwards itself ([`crate::recompute::Recomputed::Gradients`]). Only an SC conv
     /// without bias has this form (its op's backward runs on the quantized operands,
     /// whose straight-through gradients are the identity): see
@@ -283,7 +284,7 @@ impl HwLayer {
     /// backward of the scalar.
     pub fn seeded_gradients(
         &self,
-        x: &Tensor,
+        x: Tensor,
         seed: Tensor,
         with_input_grad: bool,
     ) -> Result<Gradients> {
@@ -295,9 +296,10 @@ impl HwLayer {
                 state.mode.name()
             )));
         };
-        let (x, w) = self.operands(&x.detach(), state.mode)?;
+        let (quantized, w) = self.operands(&x.detach(), state.mode)?;
+        drop(x);
         let (dx, dw) = split_surrogate_conv2d_seeded_gradients(
-            &x,
+            &quantized,
             &w.detach(),
             params,
             surrogate,
