@@ -1,7 +1,9 @@
 //! Batch normalisation with PyTorch's names and semantics, and REX-SC's quantized
 //! variant (`specs/sc-rexsc.md` §1.5).
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp3, Device, InplaceOp2, Layout, Result, Shape, Tensor, Var};
 
 use crate::pointwise::Epilogue;
 use crate::store::{Init, ParamStore};
@@ -175,16 +177,53 @@ pub struct BatchNormBackward {
 
 impl BatchNormBackward {
     /// The gradients of the recomputed batch norm on `x` for the gradient `grad` of
-    /// its value: `x`'s, γ's and β's, the op's backward bit for bit.
-    pub fn gradients(&self, x: &Tensor, grad: &Tensor) -> Result<Gradients> {
-        let (dx, dgamma, dbeta) =
-            self.op
-                .gradients(x, self.weight.as_tensor(), self.bias.as_tensor(), grad)?;
+    /// its value, the op's backward bit for bit: γ's and β's, and `x`'s when
+    /// `input` asks for it.
+    pub fn gradients(&self, x: &Tensor, grad: &Tensor, input: InputGrad) -> Result<Gradients> {
+        let (weight, bias) = (self.weight.as_tensor(), self.bias.as_tensor());
+        let (input, (dgamma, dbeta)) = match input {
+            InputGrad::Skip => {
+                let op = "batch norm backward";
+                let (xv, g) = (read_f32(x), read_f32(grad));
+                let g = g.values(op)?;
+                let back = self.op.backward(x.dims(), weight, bias, &g)?;
+                let sums = back.sums(&xv.values(op)?);
+                (None, back.param_grads(sums, x.device())?)
+            }
+            InputGrad::OverInput => {
+                let over = OverInput {
+                    op: &self.op,
+                    gamma: weight,
+                    beta: bias,
+                    param_grads: Mutex::new(None),
+                };
+                x.inplace_op2(grad, &over)?;
+                let grads = over
+                    .param_grads
+                    .into_inner()
+                    .unwrap_or_else(|e| e.into_inner());
+                let grads = grads.ok_or_else(|| {
+                    candle_core::Error::Msg("batch norm backward: no parameter gradients".into())
+                })?;
+                (Some(x.clone()), grads)
+            }
+        };
         Ok(Gradients {
-            input: Some(dx),
+            input,
             params: vec![(self.weight.clone(), dgamma), (self.bias.clone(), dbeta)],
         })
     }
+}
+
+/// What [`BatchNormBackward::gradients`] does about the input's gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputGrad {
+    /// Nothing: the input is data, whose gradient nobody asks for.
+    Skip,
+    /// Computes it over the input's values, which the caller gives up (a recomputed
+    /// block's input, which nothing reads after the block's backward): no second
+    /// input-sized tensor at the backward's peak.
+    OverInput,
 }
 
 /// Per-channel mean and biased variance of `[n, c, inner]` data, in two passes (the
@@ -429,62 +468,172 @@ impl BatchNormOp {
         beta: &Tensor,
         grad: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let dims = x.dims().to_vec();
-        let (n, c, inner) = (dims[0], dims[1], dims[2..].iter().product::<usize>());
-        let gm = gamma.to_vec1::<f32>()?;
-        let count = (n * inner) as f64;
         let op = "batch norm backward";
         let (xv, g) = (read_f32(x), read_f32(grad));
         let (xv, g) = (xv.values(op)?, g.values(op)?);
+        let back = self.backward(x.dims(), gamma, beta, &g)?;
+        let sums = back.sums(&xv);
+        let mut dx = zeros(xv.len());
+        if back.inner > 0 {
+            dx.par_chunks_mut(back.inner)
+                .zip(xv.par_chunks(back.inner))
+                .enumerate()
+                .for_each_init(Scratch::default, |scratch, (plane, (dst, xp))| {
+                    back.input_grad(plane, xp, &sums, scratch, dst)
+                });
+        }
+        let (dgamma, dbeta) = back.param_grads(sums, x.device())?;
+        Ok((Tensor::from_vec(dx, x.dims(), x.device())?, dgamma, dbeta))
+    }
+
+    /// What the backward for the output gradient values `g` needs besides the input.
+    fn backward<'a>(
+        &'a self,
+        dims: &[usize],
+        gamma: &Tensor,
+        beta: &Tensor,
+        g: &'a [f32],
+    ) -> Result<Backward<'a>> {
+        let (n, c, inner) = (dims[0], dims[1], dims[2..].iter().product::<usize>());
+        let gamma = gamma.to_vec1::<f32>()?;
         let epilogue = match self.epilogue {
             None => None,
             Some(epilogue) => {
-                let out = epilogue.output_dims(&dims)?[2..].iter().product::<usize>();
-                let bt = beta.to_vec1::<f32>()?;
-                let affine = (0..c).map(|ch| self.affine(ch, &gm, &bt)).collect();
+                let out = epilogue.output_dims(dims)?[2..].iter().product::<usize>();
+                let beta = beta.to_vec1::<f32>()?;
+                let affine = (0..c).map(|ch| self.affine(ch, &gamma, &beta)).collect();
                 Some(EpilogueGrad {
                     epilogue,
                     affine,
-                    plane: plane_size(&dims),
+                    plane: plane_size(dims),
                     out,
                 })
             }
         };
-        let out_grad = OutputGrad {
-            grad: &g,
-            epilogue,
-            channels: c,
-        };
-        let (sum_g, sum_gx) = grad_sums(&xv, &out_grad, (n, c, inner), &self.mean, &self.inv_std);
-        let mut dx = zeros(xv.len());
-        if inner > 0 {
-            dx.par_chunks_mut(inner)
-                .zip(xv.par_chunks(inner))
-                .enumerate()
-                .for_each_init(Scratch::default, |scratch, (plane, (dst, xp))| {
-                    let ch = plane % c;
-                    let gp = out_grad.plane(plane, xp, scratch);
-                    let (m, i) = (self.mean[ch], self.inv_std[ch]);
-                    let scale = gm[ch] * i;
-                    let (mg, mgx) = ((sum_g[ch] / count) as f32, (sum_gx[ch] / count) as f32);
-                    for ((d, &v), &gg) in dst.iter_mut().zip(xp).zip(gp) {
-                        *d = if self.batch_stats {
-                            scale * (gg - mg - (v - m) * i * mgx)
-                        } else {
-                            scale * gg
-                        };
-                    }
-                });
+        Ok(Backward {
+            op: self,
+            gamma,
+            out_grad: OutputGrad {
+                grad: g,
+                epilogue,
+                channels: c,
+            },
+            n,
+            c,
+            inner,
+        })
+    }
+}
+
+/// A batch norm's backward for one output gradient (see [`BatchNormOp::backward`]).
+struct Backward<'a> {
+    op: &'a BatchNormOp,
+    gamma: Vec<f32>,
+    out_grad: OutputGrad<'a>,
+    n: usize,
+    c: usize,
+    inner: usize,
+}
+
+/// Per-channel `(Σ g, Σ g·x̂)` (see [`grad_sums`]).
+type ChannelSums = (Vec<f64>, Vec<f64>);
+
+impl Backward<'_> {
+    /// The per-channel sums over the input values `x`.
+    fn sums(&self, x: &[f32]) -> ChannelSums {
+        let op = self.op;
+        let shape = (self.n, self.c, self.inner);
+        grad_sums(x, &self.out_grad, shape, &op.mean, &op.inv_std)
+    }
+
+    /// Plane `plane`'s input gradient into `dst`, its input being `xp`.
+    fn input_grad(
+        &self,
+        plane: usize,
+        xp: &[f32],
+        (sum_g, sum_gx): &ChannelSums,
+        scratch: &mut Scratch,
+        dst: &mut [f32],
+    ) {
+        let op = self.op;
+        let ch = plane % self.c;
+        let count = (self.n * self.inner) as f64;
+        let gp = self.out_grad.plane(plane, xp, scratch);
+        let (m, i) = (op.mean[ch], op.inv_std[ch]);
+        let scale = self.gamma[ch] * i;
+        let (mg, mgx) = ((sum_g[ch] / count) as f32, (sum_gx[ch] / count) as f32);
+        for ((d, &v), &gg) in dst.iter_mut().zip(xp).zip(gp) {
+            *d = if op.batch_stats {
+                scale * (gg - mg - (v - m) * i * mgx)
+            } else {
+                scale * gg
+            };
         }
-        let dev = x.device();
+    }
+
+    /// γ's and β's gradients from the sums.
+    fn param_grads(&self, (sum_g, sum_gx): ChannelSums, dev: &Device) -> Result<(Tensor, Tensor)> {
         let per_channel = |sums: Vec<f64>| {
-            Tensor::from_vec(sums.iter().map(|&v| v as f32).collect::<Vec<_>>(), c, dev)
+            Tensor::from_vec(
+                sums.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                self.c,
+                dev,
+            )
         };
-        Ok((
-            Tensor::from_vec(dx, dims, dev)?,
-            per_channel(sum_gx)?,
-            per_channel(sum_g)?,
-        ))
+        Ok((per_channel(sum_gx)?, per_channel(sum_g)?))
+    }
+}
+
+/// [`BatchNormOp::gradients`] writing the input's gradient over the input (the op's
+/// first tensor), which the caller gives up; γ's and β's gradients are left in
+/// `param_grads`.
+struct OverInput<'a> {
+    op: &'a BatchNormOp,
+    gamma: &'a Tensor,
+    beta: &'a Tensor,
+    param_grads: Mutex<Option<(Tensor, Tensor)>>,
+}
+
+impl InplaceOp2 for OverInput<'_> {
+    fn name(&self) -> &'static str {
+        "batch-norm-backward-over-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let op = "batch norm backward";
+        let CpuStorage::F32(x) = s1 else {
+            return Err(candle_core::Error::Msg(format!(
+                "{op}: the input is not f32"
+            )));
+        };
+        let Some((start, end)) = l1.contiguous_offsets() else {
+            return Err(candle_core::Error::Msg(format!(
+                "{op}: the input is not contiguous"
+            )));
+        };
+        let x = &mut x[start..end];
+        let g = f32_values(s2, l2, op)?;
+        let back = self.op.backward(l1.dims(), self.gamma, self.beta, &g)?;
+        let sums = back.sums(x);
+        if back.inner > 0 {
+            x.par_chunks_mut(back.inner).enumerate().for_each_init(
+                || (Scratch::default(), Vec::new()),
+                |(scratch, xp), (plane, dst)| {
+                    xp.clear();
+                    xp.extend_from_slice(dst);
+                    back.input_grad(plane, xp, &sums, scratch, dst)
+                },
+            );
+        }
+        let grads = back.param_grads(sums, &Device::Cpu)?;
+        *self.param_grads.lock().unwrap_or_else(|e| e.into_inner()) = Some(grads);
+        Ok(())
     }
 }
 
@@ -638,6 +787,62 @@ mod tests {
     /// A batch norm with an epilogue in its op gives the two ops' values and
     /// gradients bit for bit: clamps and pooling chains (with rows and columns past
     /// the last window), batch and running statistics, float and quantized.
+    /// A recomputed batch norm's value and gradients, the input's written over the
+    /// input or not computed, equal the op's bit for bit (after candle's backward adds
+    /// each gradient to zeros, which makes a −0 +0).
+    #[test]
+    fn recomputed_backward_equals_the_ops() {
+        let dev = Device::Cpu;
+        let data = Tensor::rand(-2f32, 3f32, (3, 4, 8, 6), &dev).unwrap();
+        let x = Var::from_tensor(&data).unwrap();
+        let bits = |t: &Tensor| {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v.iter().map(|v| (v + 0.0).to_bits()).collect::<Vec<_>>()
+        };
+        let pool = Epilogue::pool(Some((0.0, f32::INFINITY)), 2, Some((0.0, 1.0)));
+        for quantized in [false, true] {
+            let mut store = ParamStore::fresh(1);
+            let bn = BatchNorm::new(&mut store, "bn", 4, quantized);
+            bn.weight
+                .set(&Tensor::new(&[1.5f32, -0.5, 2.0, 0.7], &dev).unwrap())
+                .unwrap();
+            for (train, epilogue) in [(true, None), (true, Some(pool)), (false, Some(pool))] {
+                let what = format!("quantized {quantized} train {train} {epilogue:?}");
+                let y = bn.forward_then(&x, train, false, epilogue).unwrap();
+                let probe = Tensor::rand(-1f32, 1f32, y.shape(), &dev).unwrap();
+                let want = (&y * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let (value, back) = bn.recompute(&data, train, epilogue).unwrap();
+                assert_eq!(bits(&value), bits(&y), "{what}");
+                let params = |g: &Gradients| {
+                    assert_eq!(g.params.len(), 2);
+                    for (p, grad) in &g.params {
+                        assert_eq!(bits(grad), bits(want.get(p).unwrap()), "{what}");
+                    }
+                };
+                let skipped = back.gradients(&data, &probe, InputGrad::Skip).unwrap();
+                assert!(skipped.input.is_none());
+                params(&skipped);
+                let given_up = Var::from_tensor(&data).unwrap();
+                let over = back
+                    .gradients(given_up.as_tensor(), &probe, InputGrad::OverInput)
+                    .unwrap();
+                params(&over);
+                let dx = bits(want.get(&x).unwrap());
+                assert_eq!(bits(&over.input.unwrap()), dx, "{what}");
+                assert_eq!(
+                    bits(given_up.as_tensor()),
+                    dx,
+                    "{what}: written over the input"
+                );
+            }
+        }
+    }
+
     #[test]
     fn an_epilogue_in_the_op_equals_the_two_ops() {
         let dev = Device::Cpu;

@@ -13,13 +13,13 @@ use approx_hw::{Conv2dParams, Layer};
 use approx_train::layer::HwLayer;
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
-use approx_train::recompute::{inner_product, Block, Recompute, Recomputed};
+use approx_train::recompute::{inner_product, tracked, Block, Recompute, Recomputed};
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
 use crate::attention::{ActivationMatmul, LayerNorm, SelfAttention, Tokens};
 use crate::hwmap::HwMap;
-use crate::norm::BatchNorm;
+use crate::norm::{BatchNorm, InputGrad};
 use crate::pointwise::{self, Epilogue};
 use crate::store::{Init, LoadError, ParamStore};
 
@@ -442,46 +442,58 @@ fn hw_step(
 /// ([`HwLayer::seeded_gradients`]), alone or after a batch norm and the clamps and
 /// pooling that its op runs, makes the block run its ops' backwards itself
 /// ([`Recomputed::Gradients`]): the seed, the normalised activations and each
-/// gradient are dropped as soon as they have been used (at a checkpointed VGG-16
-/// step's peak, candle's backward of the same ops held eight block-output-sized
-/// tensors). Other blocks give candle the scalar `⟨output, seed⟩`, with a last
+/// gradient are dropped as soon as they have been used, and the input's gradient is
+/// written over the input (at a checkpointed VGG-16 step's peak, candle's backward of
+/// the same ops held eight block-output-sized tensors). Other blocks give candle the scalar `⟨output, seed⟩`, with a last
 /// hardware layer's from [`HwLayer::seeded_gradient`].
-fn recompute_block(steps: &[Step], x: &Tensor, ctx: Ctx, seed: Tensor) -> Result<Recomputed> {
-    let Some((Step::Hw(l), body)) = steps.split_last() else {
-        return inner_product(&run(steps, x, ctx)?, &seed).map(Recomputed::Scalar);
-    };
-    if l.has_seeded_gradients() {
-        match body {
-            [] => {
-                return l
-                    .seeded_gradients(x.clone(), seed, x.is_variable())
-                    .map(Recomputed::Gradients)
-            }
-            [Step::BatchNorm(bn), rest @ ..] if epilogue_at_start(rest).1 == rest.len() => {
-                let (h, norm) = bn.recompute(x, ctx.train, epilogue_at_start(rest).0)?;
-                let layer = l.seeded_gradients(h, seed, true)?;
-                let dh = layer.input.ok_or_else(|| {
-                    candle_core::Error::Msg(format!(
-                        "layer `{}` gave no input gradient to its batch norm",
-                        l.name()
-                    ))
-                })?;
-                let mut grads = norm.gradients(x, &dh)?;
-                grads.params.extend(layer.params);
-                if !x.is_variable() {
-                    grads.input = None;
+fn recompute_block(
+    steps: &[Step],
+    x: &Tensor,
+    input_grad: bool,
+    ctx: Ctx,
+    seed: Tensor,
+) -> Result<Recomputed> {
+    if let Some((Step::Hw(l), body)) = steps.split_last() {
+        if l.has_seeded_gradients() {
+            match body {
+                [] => {
+                    return l
+                        .seeded_gradients(x.clone(), seed, input_grad)
+                        .map(Recomputed::Gradients)
                 }
-                return Ok(Recomputed::Gradients(grads));
+                [Step::BatchNorm(bn), rest @ ..] if epilogue_at_start(rest).1 == rest.len() => {
+                    let (h, norm) = bn.recompute(x, ctx.train, epilogue_at_start(rest).0)?;
+                    let layer = l.seeded_gradients(h, seed, true)?;
+                    let dh = layer.input.ok_or_else(|| {
+                        candle_core::Error::Msg(format!(
+                            "layer `{}` gave no input gradient to its batch norm",
+                            l.name()
+                        ))
+                    })?;
+                    let input = match input_grad {
+                        true => InputGrad::OverInput,
+                        false => InputGrad::Skip,
+                    };
+                    let mut grads = norm.gradients(x, &dh, input)?;
+                    grads.params.extend(layer.params);
+                    return Ok(Recomputed::Gradients(grads));
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
-    let h = run(body, x, ctx)?;
-    if h.rank() == 3 {
-        let y = hw_step(l, &h, HwLayer::forward_gradient_only)?;
-        return inner_product(&y, &seed).map(Recomputed::Scalar);
-    }
-    l.seeded_gradient(&h, &seed).map(Recomputed::Scalar)
+    let input = tracked(x, input_grad)?;
+    let value = match steps.split_last() {
+        Some((Step::Hw(l), body)) => {
+            let h = run(body, &input, ctx)?;
+            match h.rank() {
+                3 => inner_product(&hw_step(l, &h, HwLayer::forward_gradient_only)?, &seed)?,
+                _ => l.seeded_gradient(&h, &seed)?,
+            }
+        }
+        _ => inner_product(&run(steps, &input, ctx)?, &seed)?,
+    };
+    Ok(Recomputed::Scalar { value, input })
 }
 
 /// Applies `steps` in order to `x`.
@@ -699,25 +711,23 @@ impl Model for Sequential {
                     .iter()
                     .flat_map(Step::params)
                     .collect();
-                let (steps, range) = (self.steps.clone(), range.clone());
+                let forward = Ctx {
+                    values_only: true,
+                    ..ctx
+                };
                 let recomputed = Ctx {
                     pass: Pass::Recompute,
                     values_only: false,
                     ..ctx
                 };
-                let forward_steps = steps.clone();
-                let forward_range = range.clone();
+                let (steps, range) = (self.steps.clone(), range.clone());
+                let (backward_steps, backward_range) = (steps.clone(), range.clone());
                 Block {
                     params,
-                    forward: Arc::new(move |t: &Tensor| {
-                        let ctx = Ctx {
-                            values_only: true,
-                            ..ctx
-                        };
-                        run(&forward_steps[forward_range.clone()], t, ctx)
-                    }),
-                    backward: Arc::new(move |t: &Tensor, seed: Tensor| {
-                        recompute_block(&steps[range.clone()], t, recomputed, seed)
+                    forward: Arc::new(move |t: &Tensor| run(&steps[range.clone()], t, forward)),
+                    backward: Arc::new(move |t: &Tensor, seed: Tensor, input_grad: bool| {
+                        let steps = &backward_steps[backward_range.clone()];
+                        recompute_block(steps, t, input_grad, recomputed, seed)
                     }),
                 }
             })
@@ -823,9 +833,8 @@ mod tests {
             for block in net.checkpoint_segments().to_vec() {
                 let steps = &net.steps[block.clone()];
                 let y = run(steps, &h, ctx).unwrap().detach();
-                let x = Var::from_tensor(&h).unwrap();
                 let seed = y.ones_like().unwrap();
-                let got = recompute_block(steps, x.as_tensor(), ctx, seed).unwrap();
+                let got = recompute_block(steps, &h.copy().unwrap(), true, ctx, seed).unwrap();
                 let Recomputed::Gradients(grads) = got else {
                     assert!(!own, "{spec} {block:?}: scalar");
                     h = y;
