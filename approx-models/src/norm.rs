@@ -787,6 +787,20 @@ mod tests {
     /// A batch norm with an epilogue in its op gives the two ops' values and
     /// gradients bit for bit: clamps and pooling chains (with rows and columns past
     /// the last window), batch and running statistics, float and quantized.
+    /// A batch norm over four channels with a negative scale and shifts of both signs.
+    fn four_channels(quantized: bool) -> BatchNorm {
+        let dev = Device::Cpu;
+        let mut store = ParamStore::fresh(1);
+        let bn = BatchNorm::new(&mut store, "bn", 4, quantized);
+        bn.weight
+            .set(&Tensor::new(&[1.5f32, -0.5, 2.0, 0.7], &dev).unwrap())
+            .unwrap();
+        bn.bias
+            .set(&Tensor::new(&[0.1f32, 0.2, -0.3, 0.4], &dev).unwrap())
+            .unwrap();
+        bn
+    }
+
     /// A recomputed batch norm's value and gradients, the input's written over the
     /// input or not computed, equal the op's bit for bit (after candle's backward adds
     /// each gradient to zeros, which makes a −0 +0).
@@ -801,11 +815,7 @@ mod tests {
         };
         let pool = Epilogue::pool(Some((0.0, f32::INFINITY)), 2, Some((0.0, 1.0)));
         for quantized in [false, true] {
-            let mut store = ParamStore::fresh(1);
-            let bn = BatchNorm::new(&mut store, "bn", 4, quantized);
-            bn.weight
-                .set(&Tensor::new(&[1.5f32, -0.5, 2.0, 0.7], &dev).unwrap())
-                .unwrap();
+            let bn = four_channels(quantized);
             for (train, epilogue) in [(true, None), (true, Some(pool)), (false, Some(pool))] {
                 let what = format!("quantized {quantized} train {train} {epilogue:?}");
                 let y = bn.forward_then(&x, train, false, epilogue).unwrap();
@@ -873,14 +883,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         for quantized in [false, true] {
-            let mut store = ParamStore::fresh(1);
-            let bn = BatchNorm::new(&mut store, "bn", 4, quantized);
-            bn.weight
-                .set(&Tensor::new(&[1.5f32, -0.5, 2.0, 0.7], &dev).unwrap())
-                .unwrap();
-            bn.bias
-                .set(&Tensor::new(&[0.1f32, 0.2, -0.3, 0.4], &dev).unwrap())
-                .unwrap();
+            let bn = four_channels(quantized);
             for train in [true, false] {
                 for (epilogue, steps) in &cases {
                     let fused = bn.forward_then(&x, train, false, Some(*epilogue)).unwrap();
