@@ -117,17 +117,23 @@ pub fn split_surrogate_conv2d_seeded_gradients(
 ) -> Result<(Option<Tensor>, Tensor)> {
     let op = SplitSurrogateConv::new(params, surrogate, Output::GradientOnly);
     let (_, shape) = split_shape(&op.conv.output_shape(input.dims(), weight.shape())?)?;
-    if seed.shape() != &shape {
-        return Err(candle_core::Error::Msg(format!(
-            "split surrogate conv2d: seed shape {:?} differs from output shape {shape:?}",
-            seed.dims()
-        )));
-    }
+    check_seed(&seed, &shape)?;
     let (dx, dw) = op.seeded_backward(input, weight, seed, with_input_grad)?;
     let dw = dw.ok_or_else(|| {
         candle_core::Error::Msg("split surrogate conv2d: no weight gradient".into())
     })?;
     Ok((dx, dw))
+}
+
+/// Checks that a seed has the conv's output shape.
+fn check_seed(seed: &Tensor, shape: &Shape) -> Result<()> {
+    if seed.shape() != shape {
+        return Err(candle_core::Error::Msg(format!(
+            "split surrogate conv2d: seed shape {:?} differs from output shape {shape:?}",
+            seed.dims()
+        )));
+    }
+    Ok(())
 }
 
 /// The op behind [`split_surrogate_conv2d`].
@@ -178,12 +184,7 @@ impl CustomOp2 for SplitSurrogateConv {
         if self.output == Output::GradientOnly {
             let (_, shape) = split_shape(&self.conv.output_shape(l1.dims(), l2.shape())?)?;
             if let Some(seed) = &self.seed {
-                if seed.shape() != &shape {
-                    return Err(candle_core::Error::Msg(format!(
-                        "split surrogate conv2d: seed shape {:?} differs from output shape {shape:?}",
-                        seed.dims()
-                    )));
-                }
+                check_seed(seed, &shape)?;
                 return Ok((CpuStorage::F32(vec![0.0]), Shape::from(())));
             }
             let value = match &self.hardware {
