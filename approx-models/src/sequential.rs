@@ -360,11 +360,11 @@ impl Step {
             }
             Step::Dropout { .. } => Ok(h.clone()),
             Step::Residual(r) => {
-                let main = run(&r.body, h, ctx)?;
+                let main = run(&r.body, h.clone(), ctx)?;
                 if r.shortcut.is_empty() {
                     main + h
                 } else {
-                    main + run(&r.shortcut, h, ctx)?
+                    main + run(&r.shortcut, h.clone(), ctx)?
                 }
             }
         }
@@ -485,20 +485,23 @@ fn recompute_block(
     let input = tracked(x, input_grad)?;
     let value = match steps.split_last() {
         Some((Step::Hw(l), body)) => {
-            let h = run(body, &input, ctx)?;
+            let h = run(body, input.clone(), ctx)?;
             match h.rank() {
                 3 => inner_product(&hw_step(l, &h, HwLayer::forward_gradient_only)?, &seed)?,
                 _ => l.seeded_gradient(&h, &seed)?,
             }
         }
-        _ => inner_product(&run(steps, &input, ctx)?, &seed)?,
+        _ => inner_product(&run(steps, input.clone(), ctx)?, &seed)?,
     };
     Ok(Recomputed::Scalar { value, input })
 }
 
-/// Applies `steps` in order to `x`.
-fn run(steps: &[Step], x: &Tensor, ctx: Ctx) -> Result<Tensor> {
-    let mut h = x.clone();
+/// Applies `steps` in order to `x`, which is dropped after the first step that reads
+/// it (unless the caller keeps a clone). A values-only forward detaches each step's
+/// output: an op on a parameter is recorded even then, and its node would keep the
+/// step's input alive as long as the output.
+fn run(steps: &[Step], x: Tensor, ctx: Ctx) -> Result<Tensor> {
+    let mut h = x;
     let mut rest = steps;
     while let Some(step) = rest.first() {
         if let Step::BatchNorm(bn) = step {
@@ -511,6 +514,9 @@ fn run(steps: &[Step], x: &Tensor, ctx: Ctx) -> Result<Tensor> {
         } else {
             h = step.forward(&h, ctx)?;
             rest = &rest[1..];
+        }
+        if ctx.values_only {
+            h = h.detach();
         }
     }
     Ok(h)
@@ -694,13 +700,13 @@ impl Sequential {
 
 impl Model for Sequential {
     fn predict(&self, x: &Tensor) -> Result<Tensor> {
-        run(&self.steps, x, self.context(false, true))
+        run(&self.steps, x.clone(), self.context(false, true))
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let ctx = self.context(train, false);
         if !train || self.segments.is_empty() {
-            return run(&self.steps, x, ctx);
+            return run(&self.steps, x.clone(), ctx);
         }
         let tail = self.segments.last().map_or(0, |r| r.end);
         let blocks = self
@@ -724,7 +730,7 @@ impl Model for Sequential {
                 let (backward_steps, backward_range) = (steps.clone(), range.clone());
                 Block {
                     params,
-                    forward: Arc::new(move |t: &Tensor| run(&steps[range.clone()], t, forward)),
+                    forward: Arc::new(move |t: Tensor| run(&steps[range.clone()], t, forward)),
                     backward: Arc::new(move |t: &Tensor, seed: Tensor, input_grad: bool| {
                         let steps = &backward_steps[backward_range.clone()];
                         recompute_block(steps, t, input_grad, recomputed, seed)
@@ -733,7 +739,7 @@ impl Model for Sequential {
             })
             .collect();
         let h = self.recompute.chain(x, blocks)?;
-        run(&self.steps[tail..], &h, ctx)
+        run(&self.steps[tail..], h, ctx)
     }
 
     fn merge_recomputed_grads(&self, grads: &mut GradStore) -> Result<()> {
@@ -832,7 +838,7 @@ mod tests {
             let mut h = Tensor::rand(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
             for block in net.checkpoint_segments().to_vec() {
                 let steps = &net.steps[block.clone()];
-                let y = run(steps, &h, ctx).unwrap().detach();
+                let y = run(steps, h.clone(), ctx).unwrap().detach();
                 let seed = y.ones_like().unwrap();
                 let got = recompute_block(steps, &h.copy().unwrap(), true, ctx, seed).unwrap();
                 let Recomputed::Gradients(grads) = got else {

@@ -38,6 +38,7 @@ mod microkernel;
 pub mod mode;
 pub mod model;
 pub mod optim;
+pub mod packed;
 pub mod polarity;
 pub mod recompute;
 pub mod schedule;

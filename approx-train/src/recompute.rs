@@ -16,17 +16,24 @@
 //! candle would accumulate the input's gradient into a zeroed tensor of its size: two
 //! more boundary-sized tensors at the step's peak. A link's value is also dropped as
 //! soon as the block reading it has run its backward, not at the end of the step.
+//!
+//! A link keeps its value [`Packed`]: as 8- or 16-bit codes when it lies on a hardware
+//! grid (an SC layer's `(P − N) / B`), which is a quarter or half of f32. The next
+//! block's forward gets the f32 value itself, handed over and dropped by its first
+//! op; its backward unpacks the same bits again.
 
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 
+use crate::packed::Packed;
 use crate::storage::{f32_values, read_f32};
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, Var};
 
-/// A block's forward in the step: its output from its input. Nothing differentiates
-/// it; side effects such as batch-norm running statistics happen here.
-pub type ForwardFn = Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+/// A block's forward in the step: its output from its input (handed over, so that
+/// the block's first op can drop it). Nothing differentiates it; side effects such as
+/// batch-norm running statistics happen here.
+pub type ForwardFn = Arc<dyn Fn(Tensor) -> Result<Tensor> + Send + Sync>;
 
 /// A block's recomputation in backward, from its input, its seed (the gradient of the
 /// block's output, handed over so that the recomputation can drop it as soon as it
@@ -93,15 +100,18 @@ pub struct Block {
 }
 
 /// The activation between two blocks of a chain, outside candle's graph: the first
-/// block's output value (a variable, which the second's recomputation tracks without
-/// a copy) until the second block's backward takes it, and once that backward has
-/// run, the gradient with respect to it.
+/// block's output value, packed, until the second block's backward takes it (unpacked
+/// to a variable, which the recomputation tracks without a copy), and once that
+/// backward has run, the gradient with respect to it.
 #[derive(Clone, Default)]
 struct Link(Arc<Mutex<LinkState>>);
 
 #[derive(Default)]
 struct LinkState {
-    value: Option<Var>,
+    /// The value kept for the second block's backward.
+    value: Option<Packed>,
+    /// The value as f32 for the second block's forward, which takes it.
+    handover: Option<Tensor>,
     grad: Option<Tensor>,
 }
 
@@ -110,18 +120,48 @@ impl Link {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The value, which the block before has set in its forward (taken: the link
-    /// gives it up).
-    fn value(&self, take: bool) -> Result<Var> {
-        let mut state = self.lock();
-        let value = match take {
-            true => state.value.take(),
-            false => state.value.clone(),
+    /// Sets the value from the first block's output `y`.
+    fn set(&self, y: Tensor) -> Result<()> {
+        let value = Packed::pack(&y)?;
+        let handover = match &value {
+            // The copy in a block of its own, after the block's transient buffers
+            // are gone, serves both passes (kept as it came, the kernel's output
+            // buffer sat among those buffers and fragmented the heap: VGG-16's
+            // checkpointed step at batch 32 took 101 instead of 91 MiB resident).
+            Packed::F32(v) => v.as_tensor().clone(),
+            _ => y,
         };
-        value.ok_or_else(|| {
-            candle_core::Error::Msg("a checkpointed block ran before the block it reads".into())
-        })
+        let mut state = self.lock();
+        state.value = Some(value);
+        state.handover = Some(handover);
+        Ok(())
     }
+
+    /// The value for the second block's forward (taken: the forward drops it when it
+    /// is done with it).
+    fn forward_input(&self) -> Result<Tensor> {
+        let mut state = self.lock();
+        if let Some(x) = state.handover.take() {
+            return Ok(x);
+        }
+        let value = state.value.as_ref().ok_or_else(unread)?;
+        Ok(value.unpack()?.as_tensor().clone())
+    }
+
+    /// The value for the second block's backward (taken: the link gives it up, and
+    /// its codes are dropped once unpacked).
+    fn backward_input(&self) -> Result<Var> {
+        let value = {
+            let mut state = self.lock();
+            state.handover = None;
+            state.value.take().ok_or_else(unread)?
+        };
+        value.unpack()
+    }
+}
+
+fn unread() -> candle_core::Error {
+    candle_core::Error::Msg("a checkpointed block ran before the block it reads".into())
 }
 
 /// The one-element tensor that stands for a linked activation in candle's graph.
@@ -232,27 +272,22 @@ impl CustomOp1 for Checkpoint {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         // A graph-free input: the block's intermediate tensors die with this call.
         let x = match &self.input {
-            Some(link) => link.value(false)?.as_tensor().detach(),
+            Some(link) => link.forward_input()?.detach(),
             None => {
                 let data = f32_values(storage, layout, "a checkpointed block")?.into_owned();
                 Tensor::from_vec(data, layout.shape(), &Device::Cpu)?
             }
         };
-        let y = (self.forward)(&x)?.detach();
-        drop(x);
-        let shape = y.shape().clone();
-        let values = y.flatten_all()?.to_vec1::<f32>()?;
-        drop(y);
+        let y = (self.forward)(x)?.detach();
         match &self.output {
-            // A variable of its own, in a block of its own after the block's
-            // transient buffers are gone (kept as it came, the kernel's output buffer
-            // sat among them and fragmented the heap: VGG-16's checkpointed step at
-            // batch 32 took 101 instead of 91 MiB resident).
             Some(link) => {
-                link.lock().value = Some(Var::from_vec(values, shape, &Device::Cpu)?);
+                link.set(y)?;
                 Ok(token())
             }
-            None => Ok((CpuStorage::F32(values), shape)),
+            None => {
+                let shape = y.shape().clone();
+                Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+            }
         }
     }
 
@@ -268,7 +303,7 @@ impl CustomOp1 for Checkpoint {
         // The input, and whether its gradient is wanted (then the recomputation may
         // overwrite it: the link's value is given up, a tracked input copied).
         let (x, input_grad) = match &self.input {
-            Some(link) => (link.value(true)?.as_tensor().clone(), true),
+            Some(link) => (link.backward_input()?.as_tensor().clone(), true),
             None if self.data => (arg.detach(), false),
             None => (Var::from_tensor(&arg.detach())?.as_tensor().clone(), true),
         };
@@ -364,6 +399,38 @@ mod tests {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
 
+    /// A link keeps an output on a hardware grid as one-byte codes, hands the output
+    /// itself to the next block's forward, and gives that block's backward the same
+    /// bits again; an output off the grid is kept as f32, once for both.
+    #[test]
+    fn links_keep_grid_values_packed() {
+        let grid = Tensor::from_vec(
+            (0..24).map(|i| (i % 9 - 4) as f32 / 64.0).collect(),
+            (2, 3, 4),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let link = Link::default();
+        link.set(grid.clone()).unwrap();
+        assert!(matches!(&link.lock().value, Some(Packed::Codes(c)) if c.width() == 1));
+        let handed = link.forward_input().unwrap();
+        assert_eq!(handed.id(), grid.id());
+        let back = link.backward_input().unwrap();
+        assert_eq!(back.dims(), [2, 3, 4]);
+        assert_eq!(flat(back.as_tensor()), flat(&grid));
+        assert!(link.backward_input().is_err());
+
+        let off = (&grid + 1e-3).unwrap();
+        link.set(off.clone()).unwrap();
+        let kept = match &link.lock().value {
+            Some(Packed::F32(kept)) => kept.as_tensor().id(),
+            _ => panic!("an off-grid output should stay f32"),
+        };
+        let handed = link.forward_input().unwrap();
+        assert_eq!(handed.id(), kept);
+        assert_eq!(flat(&handed), flat(&off));
+    }
+
     /// A chain of three blocks (two links) gives the plain graph's parameter
     /// gradients, bit for bit, on data and on a tracked input (whose gradient also
     /// matches); the middle block starts with a parameter-free op and returns its
@@ -390,8 +457,8 @@ mod tests {
         .unwrap();
         let forward = |i: usize| -> ForwardFn {
             let w = ws[i].clone();
-            Arc::new(move |t: &Tensor| {
-                let t = if i == 1 { t.tanh()? } else { t.clone() };
+            Arc::new(move |t: Tensor| {
+                let t = if i == 1 { t.tanh()? } else { t };
                 t.matmul(&w)?.tanh()
             })
         };
@@ -399,7 +466,7 @@ mod tests {
             let (w, run) = (ws[i].clone(), forward(i));
             Arc::new(move |t: &Tensor, seed: Tensor, input_grad: bool| {
                 let input = tracked(t, input_grad)?;
-                let value = inner_product(&run(&input)?, &seed)?;
+                let value = inner_product(&run(input.clone())?, &seed)?;
                 if i != 1 {
                     return Ok(Recomputed::Scalar { value, input });
                 }
@@ -418,7 +485,7 @@ mod tests {
             };
             let mut h = x.clone();
             for i in 0..3 {
-                h = forward(i)(&h).unwrap();
+                h = forward(i)(h).unwrap();
             }
             let g_plain = h.sqr().unwrap().sum_all().unwrap().backward().unwrap();
             let rc = Recompute::default();

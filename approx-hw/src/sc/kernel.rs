@@ -89,11 +89,12 @@ impl Strided4<'_> {
     }
 }
 
-/// Most words of activation streams held at once (8 MiB); larger batches are
+/// Most words of activation streams held at once (2 MiB); larger batches are
 /// processed in chunks of images. The streams of a TinyConv batch of 512 took 50 MiB
-/// at once at 64 MiB, the peak of a checkpointed training step's forward; an image
-/// chunk reuses the weight streams, so smaller chunks cost little.
-const ACT_CHUNK_WORDS: usize = 1 << 20;
+/// at once, the peak of a checkpointed training step's forward, and still 3 MiB of a
+/// batch of 32 at 8 MiB chunks; an image chunk reuses the weight streams, so smaller
+/// chunks cost little.
+const ACT_CHUNK_WORDS: usize = 1 << 18;
 
 /// Most words of weight streams held at once (8 MiB); a layer with more runs in groups
 /// of output channels, each group's streams made when it runs (VGG-16's 512-channel
