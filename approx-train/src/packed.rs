@@ -209,12 +209,12 @@ mod tests {
     fn packs_hardware_grids_losslessly() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         for _ in 0..50 {
-            let (n, c) = (rng.gen_range(1..4), rng.gen_range(1..9));
-            let len = rng.gen_range(1..40);
+            let (n, c) = (rng.random_range(1..4), rng.random_range(1..9));
+            let len = rng.random_range(1..40);
             let count = n * c * len;
-            let b = 1i32 << rng.gen_range(1..=6);
+            let b = 1i32 << rng.random_range(1..=6);
             let sc: Vec<f32> = (0..count)
-                .map(|_| (rng.gen_range(0..=b) - rng.gen_range(0..=b)) as f32 / b as f32)
+                .map(|_| (rng.random_range(0..=b) - rng.random_range(0..=b)) as f32 / b as f32)
                 .collect();
             let packed = round_trip(sc, &[n, c, len]);
             assert!(
@@ -225,7 +225,7 @@ mod tests {
 
             // Fixed point with 12 fraction bits and a range of ±4.
             let fxp: Vec<f32> = (0..count)
-                .map(|_| rng.gen_range(-4 * 4096..=4 * 4096) as f32 / 4096.0)
+                .map(|_| rng.random_range(-4 * 4096..=4 * 4096) as f32 / 4096.0)
                 .collect();
             let mut fxp_values = fxp.clone();
             fxp_values[0] = 4.0;
@@ -233,7 +233,7 @@ mod tests {
             assert!(matches!(packed, Packed::Codes(Codes { width: 2, .. })));
             assert_eq!(packed.bytes(), 2 * count);
 
-            let float: Vec<f32> = (0..count).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let float: Vec<f32> = (0..count).map(|_| rng.random_range(-2.0..2.0)).collect();
             assert!(matches!(round_trip(float, &[count]), Packed::F32(_)));
         }
     }
