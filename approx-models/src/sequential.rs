@@ -13,7 +13,7 @@ use approx_hw::{Conv2dParams, Layer};
 use approx_train::layer::HwLayer;
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
-use approx_train::recompute::{inner_product, tracked, Block, Recompute, Recomputed};
+use approx_train::recompute::{inner_product, tracked, Block, BlockInput, Recompute, Recomputed};
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
@@ -448,7 +448,7 @@ fn hw_step(
 /// hardware layer's from [`HwLayer::seeded_gradient`].
 fn recompute_block(
     steps: &[Step],
-    x: &Tensor,
+    x: BlockInput,
     input_grad: bool,
     ctx: Ctx,
     seed: Tensor,
@@ -458,11 +458,14 @@ fn recompute_block(
             match body {
                 [] => {
                     return l
-                        .seeded_gradients(x.clone(), seed, input_grad)
+                        .seeded_gradients(x.into_values()?, seed, input_grad)
                         .map(Recomputed::Gradients)
                 }
                 [Step::BatchNorm(bn), rest @ ..] if epilogue_at_start(rest).1 == rest.len() => {
-                    let (h, norm) = bn.recompute(x, ctx.train, epilogue_at_start(rest).0)?;
+                    // A packed input is unpacked for the batch norm's forward and
+                    // again for its backward, and not held during the layer's.
+                    let epilogue = epilogue_at_start(rest).0;
+                    let (h, norm) = bn.recompute(&x.values()?, ctx.train, epilogue)?;
                     let layer = l.seeded_gradients(h, seed, true)?;
                     let dh = layer.input.ok_or_else(|| {
                         candle_core::Error::Msg(format!(
@@ -474,7 +477,7 @@ fn recompute_block(
                         true => InputGrad::OverInput,
                         false => InputGrad::Skip,
                     };
-                    let mut grads = norm.gradients(x, &dh, input)?;
+                    let mut grads = norm.gradients(&x.into_values()?, &dh, input)?;
                     grads.params.extend(layer.params);
                     return Ok(Recomputed::Gradients(grads));
                 }
@@ -482,7 +485,7 @@ fn recompute_block(
             }
         }
     }
-    let input = tracked(x, input_grad)?;
+    let input = tracked(&x.into_values()?, input_grad)?;
     let value = match steps.split_last() {
         Some((Step::Hw(l), body)) => {
             let h = run(body, input.clone(), ctx)?;
@@ -731,7 +734,7 @@ impl Model for Sequential {
                 Block {
                     params,
                     forward: Arc::new(move |t: Tensor| run(&steps[range.clone()], t, forward)),
-                    backward: Arc::new(move |t: &Tensor, seed: Tensor, input_grad: bool| {
+                    backward: Arc::new(move |t: BlockInput, seed: Tensor, input_grad: bool| {
                         let steps = &backward_steps[backward_range.clone()];
                         recompute_block(steps, t, input_grad, recomputed, seed)
                     }),
@@ -784,6 +787,7 @@ fn avg_pool_padded(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use approx_train::packed::Packed;
     use candle_core::Device;
 
     #[test]
@@ -840,7 +844,9 @@ mod tests {
                 let steps = &net.steps[block.clone()];
                 let y = run(steps, h.clone(), ctx).unwrap().detach();
                 let seed = y.ones_like().unwrap();
-                let got = recompute_block(steps, &h.copy().unwrap(), true, ctx, seed).unwrap();
+                // As a link keeps it: packed (codes for an SC block's output).
+                let input = BlockInput::Packed(Packed::pack(&h).unwrap());
+                let got = recompute_block(steps, input, true, ctx, seed).unwrap();
                 let Recomputed::Gradients(grads) = got else {
                     assert!(!own, "{spec} {block:?}: scalar");
                     h = y;

@@ -41,7 +41,37 @@ pub type ForwardFn = Arc<dyn Fn(Tensor) -> Result<Tensor> + Send + Sync>;
 /// gradients of `⟨output, seed⟩` ([`Recomputed`]). An input whose gradient is wanted
 /// is the recomputation's to overwrite (with that gradient, say): it is the previous
 /// block's output or a copy of a tracked input, and nothing reads it afterwards.
-pub type BackwardFn = Arc<dyn Fn(&Tensor, Tensor, bool) -> Result<Recomputed> + Send + Sync>;
+pub type BackwardFn = Arc<dyn Fn(BlockInput, Tensor, bool) -> Result<Recomputed> + Send + Sync>;
+
+/// A checkpointed block's input in its backward: the previous block's output as its
+/// link kept it, or a tensor.
+pub enum BlockInput {
+    /// A link's value.
+    Packed(Packed),
+    /// A tensor (data, or a tracked input's copy).
+    Tensor(Tensor),
+}
+
+impl BlockInput {
+    /// The input's values: a variable unpacked anew at each call from packed codes,
+    /// so that a block can drop them while it does not need them and have them again
+    /// (a batch norm before a layer needs its input before and after the layer's
+    /// backward, not during it); else the input itself.
+    pub fn values(&self) -> Result<Tensor> {
+        match self {
+            BlockInput::Packed(p) => Ok(p.unpack()?.as_tensor().clone()),
+            BlockInput::Tensor(t) => Ok(t.clone()),
+        }
+    }
+
+    /// The input's values, as [`BlockInput::values`], for their last use.
+    pub fn into_values(self) -> Result<Tensor> {
+        match self {
+            BlockInput::Packed(p) => Ok(p.unpack()?.as_tensor().clone()),
+            BlockInput::Tensor(t) => Ok(t),
+        }
+    }
+}
 
 /// What a block's recomputation ([`BackwardFn`]) gives.
 pub enum Recomputed {
@@ -148,15 +178,11 @@ impl Link {
         Ok(value.unpack()?.as_tensor().clone())
     }
 
-    /// The value for the second block's backward (taken: the link gives it up, and
-    /// its codes are dropped once unpacked).
-    fn backward_input(&self) -> Result<Var> {
-        let value = {
-            let mut state = self.lock();
-            state.handover = None;
-            state.value.take().ok_or_else(unread)?
-        };
-        value.unpack()
+    /// The value for the second block's backward (taken: the link gives it up).
+    fn backward_input(&self) -> Result<Packed> {
+        let mut state = self.lock();
+        state.handover = None;
+        state.value.take().ok_or_else(unread)
     }
 }
 
@@ -303,11 +329,16 @@ impl CustomOp1 for Checkpoint {
         // The input, and whether its gradient is wanted (then the recomputation may
         // overwrite it: the link's value is given up, a tracked input copied).
         let (x, input_grad) = match &self.input {
-            Some(link) => (link.backward_input()?.as_tensor().clone(), true),
-            None if self.data => (arg.detach(), false),
-            None => (Var::from_tensor(&arg.detach())?.as_tensor().clone(), true),
+            Some(link) => (BlockInput::Packed(link.backward_input()?), true),
+            None if self.data => (BlockInput::Tensor(arg.detach()), false),
+            None => {
+                let copy = Var::from_tensor(&arg.detach())?;
+                (BlockInput::Tensor(copy.as_tensor().clone()), true)
+            }
         };
-        let (keep, dx) = match (self.backward)(&x, grad, input_grad)? {
+        // The nested graph is gone before a sink's receiver updates the parameters:
+        // the recomputation owns the input.
+        let (keep, dx) = match (self.backward)(x, grad, input_grad)? {
             Recomputed::Scalar { value, input } => {
                 let grads = value.backward()?;
                 let mut keep = GradStore::default();
@@ -327,8 +358,6 @@ impl CustomOp1 for Checkpoint {
                 (keep, input)
             }
         };
-        // The nested graph goes before a sink's receiver updates the parameters.
-        drop(x);
         let sink = lock(&self.outlet).sink.clone();
         match sink {
             Some(sink) => sink.send(keep).map_err(|_| {
@@ -415,9 +444,12 @@ mod tests {
         assert!(matches!(&link.lock().value, Some(Packed::Codes(c)) if c.width() == 1));
         let handed = link.forward_input().unwrap();
         assert_eq!(handed.id(), grid.id());
-        let back = link.backward_input().unwrap();
-        assert_eq!(back.dims(), [2, 3, 4]);
-        assert_eq!(flat(back.as_tensor()), flat(&grid));
+        let back = BlockInput::Packed(link.backward_input().unwrap());
+        for _ in 0..2 {
+            let values = back.values().unwrap();
+            assert_eq!(values.dims(), [2, 3, 4]);
+            assert_eq!(flat(&values), flat(&grid));
+        }
         assert!(link.backward_input().is_err());
 
         let off = (&grid + 1e-3).unwrap();
@@ -464,8 +496,8 @@ mod tests {
         };
         let backward = |i: usize| -> BackwardFn {
             let (w, run) = (ws[i].clone(), forward(i));
-            Arc::new(move |t: &Tensor, seed: Tensor, input_grad: bool| {
-                let input = tracked(t, input_grad)?;
+            Arc::new(move |t: BlockInput, seed: Tensor, input_grad: bool| {
+                let input = tracked(&t.into_values()?, input_grad)?;
                 let value = inner_product(&run(input.clone())?, &seed)?;
                 if i != 1 {
                     return Ok(Recomputed::Scalar { value, input });
