@@ -7,6 +7,12 @@
 //! cargo run --release -p approx-models --example memory
 //! ```
 //!
+//! Two measures of a step's memory: the resident set (what the OS counts, and what a
+//! memory budget must hold: the bytes in use plus the allocator's free blocks among
+//! them, which glibc keeps from step to step), and the bytes in use at once (heap
+//! allocations counted by this program's allocator, plus the checkpoint links' mapped
+//! codes): what the step needs, whatever the heap's fragmentation.
+//!
 //! Every measurement runs in a fresh child process (this program with `--child MODEL
 //! SEGMENTS BATCH`), so peaks do not mix. Each child runs two steps and measures the
 //! second, as every step of a training run after the first sees it: the step's memory
@@ -18,7 +24,9 @@
 //! batches and then found by runs around the prediction (see `largest_fitting_batch`):
 //! only a batch that was run and fitted is reported.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use approx_models::{build, HwMap, ModelKind};
 use approx_train::alloc::release_free_memory;
@@ -26,6 +34,7 @@ use approx_train::io::{peak_rss_bytes, reset_peak_rss, rss_bytes};
 use approx_train::mode::ExecMode;
 use approx_train::model::Model;
 use approx_train::optim::{Optimizer, OptimizerKind};
+use approx_train::packed::mapped_bytes;
 use approx_train::trainer::{on_large_stack, train_step};
 use candle_core::{Device, Tensor};
 
@@ -37,8 +46,76 @@ const MIB: f64 = (1u64 << 20) as f64;
 /// minutes here).
 const MAX_BATCH: usize = 2048;
 
+/// The system allocator, counting the bytes it has handed out and not taken back.
+struct Counting;
+
+/// Heap bytes in use now.
+static IN_USE: AtomicUsize = AtomicUsize::new(0);
+/// The most bytes in use at once (heap and mapped codes) since the last reset.
+static PEAK_IN_USE: AtomicUsize = AtomicUsize::new(0);
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+impl Counting {
+    fn allocated(size: usize) {
+        let heap = IN_USE.fetch_add(size, Ordering::Relaxed) + size;
+        PEAK_IN_USE.fetch_max(heap + mapped_bytes(), Ordering::Relaxed);
+    }
+
+    fn freed(size: usize) {
+        IN_USE.fetch_sub(size, Ordering::Relaxed);
+    }
+
+    /// Bytes in use now, and the peak restarts from them.
+    fn reset_peak() -> usize {
+        let now = IN_USE.load(Ordering::Relaxed) + mapped_bytes();
+        PEAK_IN_USE.store(now, Ordering::Relaxed);
+        now
+    }
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged; the counters
+// only observe sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            Self::allocated(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            Self::allocated(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(ptr, layout) };
+        Self::freed(layout.size());
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            Self::freed(layout.size());
+            Self::allocated(new_size);
+        }
+        p
+    }
+}
+
 /// Runs two steps and prints, in bytes, the resident set before the second, the peak
-/// during it, and the process's peak over both.
+/// during it, the process's peak over both, and the bytes in use before the second
+/// step and at its peak.
 fn child(kind: ModelKind, segments: usize, batch: usize) -> Result<()> {
     on_large_stack(|| -> Result<()> {
         let hw = HwMap::All("sc:len=64,acc=or2".parse()?);
@@ -62,9 +139,14 @@ fn child(kind: ModelKind, segments: usize, batch: usize) -> Result<()> {
         // Reset the peak where the OS can; otherwise the first step's peak stays in
         // the maximum.
         reset_peak_rss();
+        let in_use = Counting::reset_peak();
         train_step(&net, &mut opt, &x, &y, 0.1, None)?;
         let peak = peak_rss_bytes().ok_or("no VmHWM")?;
-        println!("{before} {peak} {}", peak.max(first_peak));
+        let peak_in_use = PEAK_IN_USE.load(Ordering::Relaxed);
+        println!(
+            "{before} {peak} {} {in_use} {peak_in_use}",
+            peak.max(first_peak)
+        );
         Ok(())
     })
 }
@@ -77,12 +159,21 @@ struct Measurement {
     step_peak: f64,
     /// The process's peak over both steps (what a memory budget must hold).
     process_peak: f64,
+    /// Bytes in use before the measured step.
+    in_use_before: f64,
+    /// The most bytes in use at once during the measured step.
+    in_use_peak: f64,
 }
 
 impl Measurement {
     /// The step's own memory: its peak above the state before it.
     fn step(&self) -> f64 {
         self.step_peak - self.before
+    }
+
+    /// The step's own bytes in use at its peak.
+    fn step_in_use(&self) -> f64 {
+        self.in_use_peak - self.in_use_before
     }
 }
 
@@ -104,12 +195,18 @@ fn measure(kind: ModelKind, segments: usize, batch: usize) -> Result<Measurement
         .into());
     }
     let text = String::from_utf8(out.stdout)?;
-    let mut it = text.split_whitespace().map(str::parse::<f64>);
-    match (it.next(), it.next(), it.next()) {
-        (Some(Ok(before)), Some(Ok(step_peak)), Some(Ok(process_peak))) => Ok(Measurement {
+    let values: Vec<f64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("child printed `{text}`: {e}"))?;
+    match values[..] {
+        [before, step_peak, process_peak, in_use_before, in_use_peak] => Ok(Measurement {
             before,
             step_peak,
             process_peak,
+            in_use_before,
+            in_use_peak,
         }),
         _ => Err(format!("child printed `{text}`").into()),
     }
@@ -160,8 +257,15 @@ fn main() -> Result<()> {
         return child(kind, segments, batch);
     }
     println!(
-        "{:<9} {:>9} {:>6} {:>14} {:>11} {:>14} {:>17}",
-        "model", "segments", "batch", "step MiB", "peak MiB", "max batch 4G", "peak there MiB"
+        "{:<9} {:>9} {:>6} {:>9} {:>13} {:>9} {:>13} {:>15}",
+        "model",
+        "segments",
+        "batch",
+        "step MiB",
+        "step in use",
+        "peak MiB",
+        "max batch 4G",
+        "peak there MiB"
     );
     for (kind, layers) in [(ModelKind::TinyConv, 4), (ModelKind::Vgg16, 14)] {
         let mut step_at = Vec::new();
@@ -177,22 +281,25 @@ fn main() -> Result<()> {
                 (((BUDGET - fixed) / per_image) as usize).clamp(b2, MAX_BATCH),
             )?;
             println!(
-                "{:<9} {:>9} {:>6} {:>14.0} {:>11.0} {:>14} {:>17.0}",
+                "{:<9} {:>9} {:>6} {:>9.1} {:>13.1} {:>9.0} {:>13} {:>15.0}",
                 kind.name(),
                 segments,
                 b2,
                 s2 / MIB,
+                m2.step_in_use() / MIB,
                 m2.process_peak / MIB,
                 max_batch,
                 peak_there / MIB
             );
-            step_at.push((s2, max_batch));
+            step_at.push((s2, m2.step_in_use(), max_batch));
         }
         println!(
-            "{}: checkpointing takes {:.2}x less step memory at batch 32 and fits {:.2}x the batch",
+            "{}: checkpointing takes {:.2}x less step memory at batch 32 ({:.2}x fewer bytes in \
+             use) and fits {:.2}x the batch",
             kind.name(),
             step_at[0].0 / step_at[1].0,
-            step_at[1].1 as f64 / step_at[0].1 as f64
+            step_at[0].1 / step_at[1].1,
+            step_at[1].2 as f64 / step_at[0].2 as f64
         );
     }
     Ok(())

@@ -11,6 +11,8 @@
 //! against the value it stands for, and a tensor that fails (any value of an
 //! ordinary float layer, a `-0.0`, a NaN) stays f32.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use candle_core::{Device, Result, Shape, Tensor, Var};
 use memmap2::MmapMut;
 
@@ -38,7 +40,32 @@ pub struct Codes {
     shape: Shape,
 }
 
+/// Bytes of [`Codes`] mapped now, in the whole process.
+static MAPPED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes of packed codes mapped now (outside the heap, so a count of heap bytes in use
+/// adds them to give the memory in use).
+pub fn mapped_bytes() -> usize {
+    MAPPED_BYTES.load(Ordering::Relaxed)
+}
+
+impl Drop for Codes {
+    fn drop(&mut self) {
+        MAPPED_BYTES.fetch_sub(self.map.len(), Ordering::Relaxed);
+    }
+}
+
 impl Codes {
+    fn new(map: MmapMut, width: usize, exp: i32, shape: Shape) -> Self {
+        MAPPED_BYTES.fetch_add(map.len(), Ordering::Relaxed);
+        Self {
+            map,
+            width,
+            exp,
+            shape,
+        }
+    }
+
     /// Bytes a code (1 or 2).
     pub fn width(&self) -> usize {
         self.width
@@ -79,13 +106,7 @@ impl Packed {
                     _ => codes::<i16>(&values, max)?,
                 };
                 if let Some((map, exp)) = packed {
-                    let shape = shape.clone();
-                    return Ok(Packed::Codes(Codes {
-                        map,
-                        width,
-                        exp,
-                        shape,
-                    }));
+                    return Ok(Packed::Codes(Codes::new(map, width, exp, shape)));
                 }
             }
         }
