@@ -219,14 +219,16 @@ impl Recompute {
     /// Runs `blocks` one after another on `x`, keeping only each block's input for
     /// backward (see the module docs); returns the last block's output.
     pub fn chain(&self, x: &Tensor, blocks: Vec<Block>) -> Result<Tensor> {
-        // The op is recorded only on a tracked input; data is wrapped in a Var, but
-        // its gradient is never computed (a first conv's input gradient is as costly
-        // as its weight gradient).
-        let data = !x.track_op();
-        let mut h = if data {
-            Var::from_tensor(x)?.as_tensor().clone()
-        } else {
-            x.clone()
+        // The op is recorded only on a tracked input: on data, the first block's op
+        // takes a variable token and holds the data itself (without a copy), whose
+        // gradient is never computed (a first conv's input gradient is as costly as
+        // its weight gradient).
+        let mut data = (!x.track_op()).then(|| x.clone());
+        let mut h = match data {
+            Some(_) => Var::from_vec(vec![0f32], 1, &Device::Cpu)?
+                .as_tensor()
+                .clone(),
+            None => x.clone(),
         };
         let mut input: Option<Link> = None;
         let count = blocks.len();
@@ -236,7 +238,7 @@ impl Recompute {
                 forward: block.forward,
                 backward: block.backward,
                 params: block.params,
-                data: data && i == 0,
+                data: data.take(),
                 input: input.take(),
                 output: output.clone(),
                 outlet: self.outlet.clone(),
@@ -279,8 +281,9 @@ struct Checkpoint {
     forward: ForwardFn,
     backward: BackwardFn,
     params: Vec<Var>,
-    /// The block's input is data: no gradient flows back into it.
-    data: bool,
+    /// The block's input when it is data (the op's argument is then a token): no
+    /// gradient flows back into it.
+    data: Option<Tensor>,
     /// Where the block's input is, when it is the previous block's output (the op's
     /// argument is then a token).
     input: Option<Link>,
@@ -297,9 +300,10 @@ impl CustomOp1 for Checkpoint {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         // A graph-free input: the block's intermediate tensors die with this call.
-        let x = match &self.input {
-            Some(link) => link.forward_input()?.detach(),
-            None => {
+        let x = match (&self.input, &self.data) {
+            (Some(link), _) => link.forward_input()?.detach(),
+            (None, Some(data)) => data.clone(),
+            (None, None) => {
                 let data = f32_values(storage, layout, "a checkpointed block")?.into_owned();
                 Tensor::from_vec(data, layout.shape(), &Device::Cpu)?
             }
@@ -328,10 +332,10 @@ impl CustomOp1 for Checkpoint {
         };
         // The input, and whether its gradient is wanted (then the recomputation may
         // overwrite it: the link's value is given up, a tracked input copied).
-        let (x, input_grad) = match &self.input {
-            Some(link) => (BlockInput::Packed(link.backward_input()?), true),
-            None if self.data => (BlockInput::Tensor(arg.detach()), false),
-            None => {
+        let (x, input_grad) = match (&self.input, &self.data) {
+            (Some(link), _) => (BlockInput::Packed(link.backward_input()?), true),
+            (None, Some(data)) => (BlockInput::Tensor(data.clone()), false),
+            (None, None) => {
                 let copy = Var::from_tensor(&arg.detach())?;
                 (BlockInput::Tensor(copy.as_tensor().clone()), true)
             }
@@ -368,7 +372,9 @@ impl CustomOp1 for Checkpoint {
             None => lock(&self.outlet).side.push(keep),
         }
         let Some(link) = &self.input else {
-            return Ok(dx);
+            // Data's token gets none (candle's backward may give data a gradient
+            // anyway: it fills in every argument of an op).
+            return Ok(dx.filter(|_| input_grad));
         };
         // The input is the previous block's output: its value is no longer needed, its
         // gradient goes to that block's backward, and the token gets a zero.
