@@ -4,8 +4,10 @@
 //! step fits in 4 GiB each way.
 //!
 //! ```sh
-//! cargo run --release -p approx-models --example memory
+//! cargo run --release -p approx-models --example memory [-- MODEL...]
 //! ```
+//!
+//! MODEL: `tinyconv`, `vgg16` (both by default).
 //!
 //! Two measures of a step's memory: the resident set (what the OS counts, and what a
 //! memory budget must hold: the bytes in use plus the allocator's free blocks among
@@ -42,9 +44,14 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 
 const BUDGET: f64 = 4.0 * (1u64 << 30) as f64;
 const MIB: f64 = (1u64 << 20) as f64;
-/// Where the search for the largest batch stops (a VGG-16 step at this batch takes
-/// minutes here).
-const MAX_BATCH: usize = 2048;
+/// Where the search for the largest batch stops: a VGG-16 step at 2,048 images takes
+/// minutes here, a TinyConv step at 16,384 about one.
+fn max_batch(kind: ModelKind) -> usize {
+    match kind {
+        ModelKind::TinyConv => 16_384,
+        _ => 2048,
+    }
+}
 
 /// The system allocator, counting the bytes it has handed out and not taken back.
 struct Counting;
@@ -212,10 +219,10 @@ fn measure(kind: ModelKind, segments: usize, batch: usize) -> Result<Measurement
     }
 }
 
-/// The largest batch (up to [`MAX_BATCH`]) whose step peaks within the budget, starting from
+/// The largest batch (up to [`max_batch`]) whose step peaks within the budget, starting from
 /// the linear prediction `guess`, and its peak. A batch that overshoots is scaled down
 /// by the measured overshoot (at least 2 %) and measured again; a batch that fits is
-/// confirmed by the next one up (+5 %) overshooting, or by reaching [`MAX_BATCH`]. Peak memory
+/// confirmed by the next one up (+5 %) overshooting, or by reaching [`max_batch`]. Peak memory
 /// is not linear in the batch (allocator blocks, the kernels' transient buffers), so
 /// the prediction alone can be far off.
 fn largest_fitting_batch(kind: ModelKind, segments: usize, guess: usize) -> Result<(usize, f64)> {
@@ -226,7 +233,7 @@ fn largest_fitting_batch(kind: ModelKind, segments: usize, guess: usize) -> Resu
         let peak = measure(kind, segments, batch)?.process_peak;
         if peak <= BUDGET {
             fits = Some((batch, peak));
-            let next = (batch + batch.div_ceil(20)).min(MAX_BATCH);
+            let next = (batch + batch.div_ceil(20)).min(max_batch(kind));
             if next == batch || next >= over {
                 break;
             }
@@ -256,6 +263,12 @@ fn main() -> Result<()> {
         let batch: usize = args.get(3).ok_or("batch")?.parse()?;
         return child(kind, segments, batch);
     }
+    let models = [(ModelKind::TinyConv, 4), (ModelKind::Vgg16, 14)];
+    for name in &args {
+        if !models.iter().any(|(kind, _)| kind.name() == name) {
+            return Err(format!("unknown model `{name}`: tinyconv or vgg16").into());
+        }
+    }
     println!(
         "{:<9} {:>9} {:>6} {:>9} {:>13} {:>9} {:>13} {:>15}",
         "model",
@@ -267,7 +280,10 @@ fn main() -> Result<()> {
         "max batch 4G",
         "peak there MiB"
     );
-    for (kind, layers) in [(ModelKind::TinyConv, 4), (ModelKind::Vgg16, 14)] {
+    let chosen = models
+        .into_iter()
+        .filter(|(kind, _)| args.is_empty() || args.iter().any(|a| a == kind.name()));
+    for (kind, layers) in chosen {
         let mut step_at = Vec::new();
         for segments in [0, layers] {
             let (b1, b2) = (16, 32);
@@ -278,7 +294,7 @@ fn main() -> Result<()> {
             let (max_batch, peak_there) = largest_fitting_batch(
                 kind,
                 segments,
-                (((BUDGET - fixed) / per_image) as usize).clamp(b2, MAX_BATCH),
+                (((BUDGET - fixed) / per_image) as usize).clamp(b2, max_batch(kind)),
             )?;
             println!(
                 "{:<9} {:>9} {:>6} {:>9.1} {:>13.1} {:>9.0} {:>13} {:>15.0}",
