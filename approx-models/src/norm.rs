@@ -8,7 +8,8 @@ use candle_core::{CpuStorage, CustomOp3, Device, InplaceOp2, Layout, Result, Sha
 use crate::pointwise::Epilogue;
 use crate::store::{Init, ParamStore};
 use approx_train::alloc::zeros;
-use approx_train::recompute::Gradients;
+use approx_train::packed::{Codes, Packed};
+use approx_train::recompute::{BlockInput, Gradients};
 use approx_train::storage::{f32_values, read_f32};
 use rayon::prelude::*;
 
@@ -81,31 +82,50 @@ impl BatchNorm {
         update: bool,
         epilogue: Option<Epilogue>,
     ) -> Result<Tensor> {
-        let op = self.op(x, train, update, epilogue)?;
+        let op = {
+            let values = read_f32(x);
+            self.op(
+                &*values.values("batch norm")?,
+                x.dims(),
+                train,
+                update,
+                epilogue,
+            )?
+        };
         x.apply_op3(self.weight.as_tensor(), self.bias.as_tensor(), op)
     }
 
     /// A checkpointed block's recomputation of [`BatchNorm::forward_then`] (the
-    /// running statistics not updated), outside candle's graph: the value, and the
-    /// backward that turns the value's gradient into the gradients of `x`, γ and β.
+    /// running statistics not updated) on its input `x`, outside candle's graph: the
+    /// value, and the backward that turns the value's gradient into the gradients of
+    /// the input, γ and β. Packed codes are read a plane at a time, never all in f32.
     pub fn recompute(
         &self,
-        x: &Tensor,
+        x: &BlockInput,
         train: bool,
         epilogue: Option<Epilogue>,
     ) -> Result<(Tensor, BatchNormBackward)> {
-        let op = self.op(x, train, false, epilogue)?;
-        let y = x.detach().apply_op3(
-            &self.weight.as_tensor().detach(),
-            &self.bias.as_tensor().detach(),
-            op.clone(),
-        )?;
+        let (gamma, beta) = (self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?);
+        let (y, dims) = match x {
+            BlockInput::Packed(Packed::Codes(codes)) => {
+                let op = self.op(codes, codes.dims(), train, false, epilogue)?;
+                (op.forward(codes, codes.dims(), &gamma, &beta)?, op)
+            }
+            _ => {
+                let x = x.values()?;
+                let values = read_f32(&x);
+                let values = values.values("batch norm")?;
+                let op = self.op(&*values, x.dims(), train, false, epilogue)?;
+                (op.forward(&*values, x.dims(), &gamma, &beta)?, op)
+            }
+        };
+        let ((values, out_dims), op) = (y, dims);
         let backward = BatchNormBackward {
             op,
             weight: self.weight.clone(),
             bias: self.bias.clone(),
         };
-        Ok((y, backward))
+        Ok((Tensor::from_vec(values, out_dims, &Device::Cpu)?, backward))
     }
 
     /// The op of [`BatchNorm::forward_then`]: the statistics it normalises with
@@ -113,22 +133,30 @@ impl BatchNorm {
     /// epilogue.
     fn op(
         &self,
-        x: &Tensor,
+        x: &(impl InputPlanes + ?Sized),
+        dims: &[usize],
         train: bool,
         update: bool,
         epilogue: Option<Epilogue>,
     ) -> Result<BatchNormOp> {
-        let (n, c) = (x.dim(0)?, x.dim(1)?);
-        let inner = x.elem_count() / (n * c).max(1);
+        let (n, c) = match dims {
+            [n, c, ..] => (*n, *c),
+            _ => {
+                return Err(candle_core::Error::Msg(format!(
+                    "batch norm takes [N, C, ...], got {dims:?}"
+                )))
+            }
+        };
+        let inner = dims[2..].iter().product::<usize>();
         let (mean, var) = if train {
-            let (mean, var) = channel_stats(&read_f32(x).values("batch norm")?, n, c, inner);
+            let (mean, var) = channel_stats(x, n, c, inner);
             let count = (n * inner) as f32;
             let unbiased: Vec<f32> = var
                 .iter()
                 .map(|v| v * count / (count - 1.0).max(1.0))
                 .collect();
             let blend = |running: &Var, batch: Vec<f32>| -> Result<()> {
-                let batch = Tensor::from_vec(batch, c, x.device())?;
+                let batch = Tensor::from_vec(batch, c, &Device::Cpu)?;
                 running.set(&((running.as_tensor() * (1.0 - MOMENTUM))? + (batch * MOMENTUM)?)?)
             };
             if update {
@@ -229,21 +257,48 @@ pub enum InputGrad {
 /// Per-channel mean and biased variance of `[n, c, inner]` data, in two passes (the
 /// variance about the mean, which loses nothing to cancellation), channels in
 /// parallel. Each channel's sums run in a fixed order, whatever the thread count.
-fn channel_stats(x: &[f32], n: usize, c: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
+fn channel_stats(
+    x: &(impl InputPlanes + ?Sized),
+    n: usize,
+    c: usize,
+    inner: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let count = (n * inner).max(1) as f64;
-    let planes = |ch: usize| (0..n).map(move |img| &x[(img * c + ch) * inner..][..inner]);
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let mean = planes(ch).map(|p| lane_sum(p, |v| v)).sum::<f64>() / count;
+            let mut scratch = Vec::new();
+            let mut sum = |f: &dyn Fn(f32) -> f32| {
+                (0..n)
+                    .map(|img| lane_sum(x.plane(img * c + ch, inner, &mut scratch), f))
+                    .sum::<f64>()
+            };
+            let mean = sum(&|v| v) / count;
             let m = mean as f32;
-            let var = planes(ch)
-                .map(|p| lane_sum(p, |v| (v - m) * (v - m)))
-                .sum::<f64>()
-                / count;
+            let var = sum(&|v| (v - m) * (v - m)) / count;
             (mean as f32, var as f32)
         })
         .unzip()
+}
+
+/// A batch norm's input values, plane by plane (one channel of one sample): a slice,
+/// or the codes that a checkpoint link keeps, decoded a plane at a time.
+pub trait InputPlanes: Sync {
+    /// The `len` values of plane `index`, decoded into `scratch` where need be.
+    fn plane<'a>(&'a self, index: usize, len: usize, scratch: &'a mut Vec<f32>) -> &'a [f32];
+}
+
+impl InputPlanes for [f32] {
+    fn plane<'a>(&'a self, index: usize, len: usize, _: &'a mut Vec<f32>) -> &'a [f32] {
+        &self[index * len..][..len]
+    }
+}
+
+impl InputPlanes for Codes {
+    fn plane<'a>(&'a self, index: usize, len: usize, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        self.decode_into(index * len..(index + 1) * len, scratch);
+        scratch
+    }
 }
 
 /// `Σ f(v)` over `values`, in eight f32 lanes (so that it vectorises) added up in f64.
@@ -413,37 +468,8 @@ impl CustomOp3 for BatchNormOp {
             f32_values(s2, l2, "batch norm")?,
             f32_values(s3, l3, "batch norm")?,
         );
-        let dims = l1.dims();
-        let (c, inner) = (dims[1], dims[2..].iter().product::<usize>());
-        let Some(epilogue) = self.epilogue else {
-            let mut y = zeros(x.len());
-            y.par_chunks_mut(inner)
-                .zip(x.par_chunks(inner))
-                .enumerate()
-                .for_each(|(plane, (dst, src))| {
-                    let (k, b) = self.affine(plane % c, &gamma, &beta);
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = v * k + b;
-                    }
-                });
-            return Ok((CpuStorage::F32(y), l1.shape().clone()));
-        };
-        let out_dims = epilogue.output_dims(dims)?;
-        let out_plane = out_dims[2..].iter().product::<usize>();
-        let mut y = zeros(dims[0] * c * out_plane);
-        let width = plane_size(dims).1;
-        if out_plane > 0 {
-            y.par_chunks_mut(out_plane)
-                .zip(x.par_chunks(inner))
-                .enumerate()
-                .for_each_init(Vec::new, |normalised, (plane, (dst, src))| {
-                    let (k, b) = self.affine(plane % c, &gamma, &beta);
-                    normalised.clear();
-                    normalised.extend(src.iter().map(|&v| v * k + b));
-                    epilogue.plane(normalised, dst, width);
-                });
-        }
-        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+        let (y, dims) = self.forward(&*x, l1.dims(), &gamma, &beta)?;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
     fn bwd(
@@ -460,6 +486,52 @@ impl CustomOp3 for BatchNormOp {
 }
 
 impl BatchNormOp {
+    /// The op's value on input `x` of `dims` with the scales `gamma` and shifts
+    /// `beta`, and its dims.
+    fn forward(
+        &self,
+        x: &(impl InputPlanes + ?Sized),
+        dims: &[usize],
+        gamma: &[f32],
+        beta: &[f32],
+    ) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (c, inner) = (dims[1], dims[2..].iter().product::<usize>());
+        let planes = dims[0] * c;
+        let Some(epilogue) = self.epilogue else {
+            let mut y = zeros(planes * inner);
+            if inner > 0 {
+                y.par_chunks_mut(inner).enumerate().for_each_init(
+                    Vec::new,
+                    |scratch, (plane, dst)| {
+                        let src = x.plane(plane, inner, scratch);
+                        let (k, b) = self.affine(plane % c, gamma, beta);
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d = v * k + b;
+                        }
+                    },
+                );
+            }
+            return Ok((y, dims.to_vec()));
+        };
+        let out_dims = epilogue.output_dims(dims)?;
+        let out_plane = out_dims[2..].iter().product::<usize>();
+        let mut y = zeros(planes * out_plane);
+        let width = plane_size(dims).1;
+        if out_plane > 0 {
+            y.par_chunks_mut(out_plane).enumerate().for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(scratch, normalised), (plane, dst)| {
+                    let src = x.plane(plane, inner, scratch);
+                    let (k, b) = self.affine(plane % c, gamma, beta);
+                    normalised.clear();
+                    normalised.extend(src.iter().map(|&v| v * k + b));
+                    epilogue.plane(normalised, dst, width);
+                },
+            );
+        }
+        Ok((y, out_dims))
+    }
+
     /// The gradients of `x`, γ and β for the output gradient `grad`.
     fn gradients(
         &self,
@@ -803,11 +875,20 @@ mod tests {
 
     /// A recomputed batch norm's value and gradients, the input's written over the
     /// input or not computed, equal the op's bit for bit (after candle's backward adds
-    /// each gradient to zeros, which makes a −0 +0).
+    /// each gradient to zeros, which makes a −0 +0), from the input as a tensor and as
+    /// a link's codes (read plane by plane).
     #[test]
     fn recomputed_backward_equals_the_ops() {
         let dev = Device::Cpu;
-        let data = Tensor::rand(-2f32, 3f32, (3, 4, 8, 6), &dev).unwrap();
+        // On a 1/64 grid, so that a link keeps it as codes.
+        let data = ((Tensor::rand(-2f32, 3f32, (3, 4, 8, 6), &dev).unwrap() * 64.0)
+            .unwrap()
+            .round()
+            .unwrap()
+            / 64.0)
+            .unwrap();
+        let packed = BlockInput::Packed(Packed::pack(&data).unwrap());
+        assert!(matches!(packed, BlockInput::Packed(Packed::Codes(_))));
         let x = Var::from_tensor(&data).unwrap();
         let bits = |t: &Tensor| {
             let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -826,8 +907,12 @@ mod tests {
                     .unwrap()
                     .backward()
                     .unwrap();
-                let (value, back) = bn.recompute(&data, train, epilogue).unwrap();
+                let (value, back) = bn
+                    .recompute(&BlockInput::Tensor(data.clone()), train, epilogue)
+                    .unwrap();
                 assert_eq!(bits(&value), bits(&y), "{what}");
+                let (from_codes, _) = bn.recompute(&packed, train, epilogue).unwrap();
+                assert_eq!(bits(&from_codes), bits(&y), "{what}: from codes");
                 let params = |g: &Gradients| {
                     assert_eq!(g.params.len(), 2);
                     for (p, grad) in &g.params {

@@ -462,10 +462,10 @@ fn recompute_block(
                         .map(Recomputed::Gradients)
                 }
                 [Step::BatchNorm(bn), rest @ ..] if epilogue_at_start(rest).1 == rest.len() => {
-                    // A packed input is unpacked for the batch norm's forward and
-                    // again for its backward, and not held during the layer's.
+                    // A packed input is read plane by plane for the batch norm's
+                    // forward, and unpacked only for its backward, after the layer's.
                     let epilogue = epilogue_at_start(rest).0;
-                    let (h, norm) = bn.recompute(&x.values()?, ctx.train, epilogue)?;
+                    let (h, norm) = bn.recompute(&x, ctx.train, epilogue)?;
                     let layer = l.seeded_gradients(h, seed, true)?;
                     let dh = layer.input.ok_or_else(|| {
                         candle_core::Error::Msg(format!(

@@ -71,17 +71,30 @@ impl Codes {
         self.width
     }
 
+    /// The tensor's dims.
+    pub fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+
+    /// The values of `range` (indices in row-major order) into `out`, replacing what
+    /// it held: part of the tensor in f32, for a reader that goes plane by plane.
+    pub fn decode_into(&self, range: std::ops::Range<usize>, out: &mut Vec<f32>) {
+        let up = 2f32.powi(self.exp);
+        out.clear();
+        match self.width {
+            1 => out.extend(self.map[range].iter().map(|&b| f32::from(b as i8) * up)),
+            _ => out.extend(
+                self.map[2 * range.start..2 * range.end]
+                    .chunks_exact(2)
+                    .map(|b| f32::from(i16::from_ne_bytes([b[0], b[1]])) * up),
+            ),
+        }
+    }
+
     /// A new variable of the values.
     fn unpack(&self) -> Result<Var> {
-        let up = 2f32.powi(self.exp);
-        let values: Vec<f32> = match self.width {
-            1 => self.map.iter().map(|&b| f32::from(b as i8) * up).collect(),
-            _ => self
-                .map
-                .chunks_exact(2)
-                .map(|b| f32::from(i16::from_ne_bytes([b[0], b[1]])) * up)
-                .collect(),
-        };
+        let mut values = Vec::new();
+        self.decode_into(0..self.shape.elem_count(), &mut values);
         Var::from_vec(values, &self.shape, &Device::Cpu)
     }
 }
