@@ -106,7 +106,7 @@ impl BatchNorm {
         epilogue: Option<Epilogue>,
     ) -> Result<(Tensor, BatchNormBackward)> {
         let (gamma, beta) = (self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?);
-        let (y, dims) = match x {
+        let ((values, out_dims), op) = match x {
             BlockInput::Packed(Packed::Codes(codes)) => {
                 let op = self.op(codes, codes.dims(), train, false, epilogue)?;
                 (op.forward(codes, codes.dims(), &gamma, &beta)?, op)
@@ -119,7 +119,6 @@ impl BatchNorm {
                 (op.forward(&*values, x.dims(), &gamma, &beta)?, op)
             }
         };
-        let ((values, out_dims), op) = (y, dims);
         let backward = BatchNormBackward {
             op,
             weight: self.weight.clone(),

@@ -53,10 +53,9 @@ pub enum BlockInput {
 }
 
 impl BlockInput {
-    /// The input's values: a variable unpacked anew at each call from packed codes,
-    /// so that a block can drop them while it does not need them and have them again
-    /// (a batch norm before a layer needs its input before and after the layer's
-    /// backward, not during it); else the input itself.
+    /// The input's values as a tensor: from packed codes a variable unpacked anew at
+    /// each call (a reader that goes plane by plane can use the codes instead); else
+    /// the input itself.
     pub fn values(&self) -> Result<Tensor> {
         match self {
             BlockInput::Packed(p) => Ok(p.unpack()?.as_tensor().clone()),
