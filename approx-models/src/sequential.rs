@@ -444,8 +444,9 @@ fn hw_step(
 /// ([`Recomputed::Gradients`]): the seed, the normalised activations and each
 /// gradient are dropped as soon as they have been used, and the input's gradient is
 /// written over the input (at a checkpointed VGG-16 step's peak, candle's backward of
-/// the same ops held eight block-output-sized tensors). Other blocks give candle the scalar `⟨output, seed⟩`, with a last
-/// hardware layer's from [`HwLayer::seeded_gradient`].
+/// the same ops held eight block-output-sized tensors). Other blocks give candle the
+/// scalar `⟨output, seed⟩`, with a last hardware layer's from
+/// [`HwLayer::seeded_gradient`].
 fn recompute_block(
     steps: &[Step],
     x: BlockInput,

@@ -66,8 +66,8 @@ impl BlockInput {
     /// The input's values, as [`BlockInput::values`], for their last use.
     pub fn into_values(self) -> Result<Tensor> {
         match self {
-            BlockInput::Packed(p) => Ok(p.unpack()?.as_tensor().clone()),
             BlockInput::Tensor(t) => Ok(t),
+            packed => packed.values(),
         }
     }
 }
